@@ -1,0 +1,392 @@
+"""The training engine: one epoch of training, one pass of evaluation, metric dicts.
+
+``build_engine`` makes the optimizer (AdamW, LLRD groups), the per-step cosine
+schedule, the EMA and the fp16 scaler; ``train_one_epoch`` and ``evaluate``
+return plain dicts of floats (JSON-ready). On CPU everything runs in fp32 and
+no CUDA function is ever called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .groups import GroupSpec
+from .tasks import TaskCounts, TaskSpec, task_loss
+from .techniques import (
+    build_ema,
+    llrd_param_groups,
+    module_losses,
+    r_drop_consistency,
+    split_outputs,
+    total_loss,
+)
+
+logger = logging.getLogger(__name__)
+
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of the engine; the defaults are the seed's long-run settings."""
+
+    lr: float = 1e-4
+    epochs: int = 60
+    batch_size: int = 64
+    grad_accum: int = 1  # effective batch 64, as the seed's 4 x 16
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.05
+    r_drop: float = 1.0  # R-Drop lambda; 0 turns it off
+    ema_decay: float = 0.999  # 0 turns EMA off
+    llrd_decay: float = 0.9  # 1 turns LLRD off (every layer at the base LR)
+    analyzer_lr_scale: float = 0.7
+    aux_weight: float = 1.0
+    grad_clip: float = 1.0  # 0 turns clipping off (the norm is still measured)
+    precision: str = "auto"  # CUDA: bf16 if supported else fp16; CPU: fp32
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.r_drop < 0:
+            raise ValueError(f"r_drop must be >= 0, got {self.r_drop!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not 0.0 < self.llrd_decay <= 1.0:
+            raise ValueError(f"llrd_decay must be in (0, 1], got {self.llrd_decay!r}")
+        if self.analyzer_lr_scale <= 0:
+            raise ValueError(f"analyzer_lr_scale must be > 0, got {self.analyzer_lr_scale!r}")
+        if self.aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight!r}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip!r}")
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {self.precision!r}")
+
+    @classmethod
+    def plain(cls, **kw: object) -> TrainConfig:
+        """Every extra technique off: AdamW + cosine, fp32, no smoothing/R-Drop/EMA/LLRD/clip."""
+        base = dict(label_smoothing=0.0, r_drop=0.0, ema_decay=0.0, llrd_decay=1.0,
+                    analyzer_lr_scale=1.0, grad_clip=0.0, precision="fp32")
+        return cls(**{**base, **kw})
+
+
+@dataclass
+class EncodedData:
+    """A split as tensors: ids (N, L) int64, mask (N, L) bool, targets task -> (N, ...)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    targets: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        n = self.ids.shape[0]
+        if self.mask.shape != self.ids.shape:
+            raise ValueError(f"mask shape {tuple(self.mask.shape)} != ids {tuple(self.ids.shape)}")
+        for task, t in self.targets.items():
+            if t.shape[0] != n:
+                raise ValueError(f"targets[{task!r}] has {t.shape[0]} rows, ids have {n}")
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> tuple:
+        """Rows ``index``, cut to the batch's longest text: (ids (B, L_b), mask, targets)."""
+        mask = self.mask[index]
+        width = max(int(mask.sum(1).max()), 1)
+        return (self.ids[index, :width].to(device), mask[:, :width].to(device),
+                {k: v[index].to(device) for k, v in self.targets.items()})
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    """Index batches over n rows; shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    yield from order.split(batch_size)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Shuffling RNG of one epoch: depends only on (seed, epoch), so a resumed run
+    sees the same batches as an uninterrupted one."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _resolve_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32."""
+    if device.type != "cuda":
+        if requested in ("bf16", "fp16"):
+            raise ValueError(f"precision {requested!r} needs a CUDA device, got {device.type!r}")
+        return None
+    if requested == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+
+
+@dataclass
+class Engine:
+    """Everything that changes during training, in one place (and in the resume state)."""
+
+    model: nn.Module
+    tasks: tuple[TaskSpec, ...]
+    config: TrainConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    ema: nn.Module | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def build_engine(
+    model: nn.Module,
+    spec: GroupSpec,
+    tasks: Sequence[TaskSpec],
+    config: TrainConfig,
+    steps_per_epoch: int,
+    device: str | torch.device = "cpu",
+) -> Engine:
+    """AdamW over LLRD groups, cosine annealing over all optimizer steps, EMA, scaler."""
+    device = torch.device(device)
+    model.to(device)
+    groups = llrd_param_groups(model, spec, config.lr, config.llrd_decay, config.analyzer_lr_scale)
+    # fused: one kernel for all parameters (CPU and CUDA); ~10% of a tiny model's step otherwise.
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=True)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, steps_per_epoch * config.epochs))
+    amp_dtype = _resolve_precision(config.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    ema = build_ema(model, config.ema_decay) if config.ema_decay > 0 else None
+    return Engine(model, tuple(tasks), config, optimizer, scheduler, device, amp_dtype, scaler, ema)
+
+
+def steps_per_epoch(rows: int, config: TrainConfig) -> int:
+    """Optimizer steps in one epoch (a last partial accumulation group still steps)."""
+    return math.ceil(math.ceil(rows / config.batch_size) / config.grad_accum)
+
+
+def _autocast(engine: Engine) -> contextlib.AbstractContextManager:
+    if engine.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=engine.device.type, dtype=engine.amp_dtype)
+
+
+def _peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _trend_figures(step_losses: torch.Tensor) -> tuple[float, float]:
+    """(learning_efficiency, convergence_speed) of one epoch's per-step losses.
+
+    learning_efficiency: relative drop from the first to the last quarter's mean loss.
+    convergence_speed: minus the least-squares slope over the epoch (x in [0, 1]),
+    divided by the mean loss: the relative loss drop per epoch on the trend line.
+    Both are scale-free, so LRs and tasks compare.
+    """
+    n = step_losses.numel()
+    if n < 2:
+        return 0.0, 0.0
+    q = max(1, n // 4)
+    first, last = step_losses[:q].mean(), step_losses[-q:].mean()
+    efficiency = float((first - last) / first.clamp(min=1e-12))
+    x = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    y = step_losses.double()
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    return efficiency, float(-slope / y.mean().clamp(min=1e-12))
+
+
+def step_loss(
+    model: nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    tasks: Sequence[TaskSpec],
+    cfg: TrainConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+    """The training objective of one micro-batch.
+
+    ids/mask (B, L). Returns (objective, per-module losses, the first pass' outputs).
+    With R-Drop both dropout passes run as one (2B, L) batch; the module losses are
+    the mean of the two passes and the objective adds r_drop x their symmetric KL.
+    """
+    if cfg.r_drop > 0:
+        both = model(torch.cat([ids, ids]), torch.cat([mask, mask]))
+        first, second = split_outputs(both, ids.shape[0])
+        l1 = module_losses(first, targets, tasks, cfg.label_smoothing)
+        l2 = module_losses(second, targets, tasks, cfg.label_smoothing)
+        losses = {k: 0.5 * (l1[k] + l2[k]) for k in l1}
+        consistency = r_drop_consistency(first["fused"], second["fused"], tasks)
+        return total_loss(losses, cfg.aux_weight) + cfg.r_drop * consistency, losses, first
+    first = model(ids, mask)
+    losses = module_losses(first, targets, tasks, cfg.label_smoothing)
+    return total_loss(losses, cfg.aux_weight), losses, first
+
+
+def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
+    """Train over ``data`` once (epoch is 1-based). Returns the epoch's train metrics."""
+    model, cfg, tasks, device = engine.model, engine.config, engine.tasks, engine.device
+    primary = tasks[0]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks depend on (seed, epoch) only
+    batches = list(batch_indices(len(data), cfg.batch_size, epoch_generator(cfg.seed, epoch)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    counts = TaskCounts(primary)
+    fused_sum = torch.zeros((), dtype=torch.float64)
+    objective_sum = torch.zeros((), dtype=torch.float64)
+    step_losses: list[torch.Tensor] = []   # one per optimizer step (mean over its micro-batches)
+    grad_norms: list[torch.Tensor] = []
+    group_loss = torch.zeros((), dtype=torch.float64)
+    # LRs of this epoch's first step, per optimizer group (the cosine moves them every step).
+    lrs = {g.get("name", str(k)): g["lr"] for k, g in enumerate(engine.optimizer.param_groups)}
+    model.train()
+    engine.optimizer.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    for i, index in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False,
+                                   disable=not cfg.progress)):
+        # -- phase 1: batch. ids/mask (B, L_b); targets task -> (B, ...)
+        ids, mask, targets = data.batch(index, device)
+        rows = ids.shape[0]
+        group_start = i - i % cfg.grad_accum
+        group_size = min(cfg.grad_accum, len(batches) - group_start)
+
+        # -- phase 2: forward and loss (both R-Drop passes in one (2B, L_b) batch).
+        with _autocast(engine):
+            loss, losses, first = step_loss(model, ids, mask, targets, tasks, cfg)
+
+        # -- phase 3: backward, averaged over the accumulation group.
+        scaled = loss / group_size
+        (engine.scaler.scale(scaled) if engine.scaler else scaled).backward()
+        counts.update(first["fused"][primary.name], targets[primary.name])
+        fused_sum += losses["fused"].detach().double() * rows
+        objective_sum += loss.detach().double() * rows
+        group_loss += losses["fused"].detach().double() / group_size
+
+        # -- phase 4: optimizer step at the end of each accumulation group.
+        if i - group_start + 1 == group_size:
+            if engine.scaler:
+                engine.scaler.unscale_(engine.optimizer)
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm)
+            if engine.scaler:
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
+            else:
+                engine.optimizer.step()
+            engine.scheduler.step()
+            engine.optimizer.zero_grad(set_to_none=True)
+            if engine.ema is not None:
+                engine.ema.update_parameters(model)
+            grad_norms.append(norm.detach().float().cpu())
+            step_losses.append(group_loss.clone())
+            group_loss.zero_()
+
+    # -- phase 5: the epoch's figures.
+    seconds = time.perf_counter() - start
+    norms = torch.stack(grad_norms).double()
+    efficiency, speed = _trend_figures(torch.stack(step_losses))
+    mean_norm = float(norms.mean())
+    std_norm = float(norms.std()) if norms.numel() > 1 else 0.0
+    return {
+        "epoch": epoch,
+        "train_loss": float(fused_sum) / len(data),
+        "train_objective": float(objective_sum) / len(data),
+        "train_acc": counts.metrics()["accuracy"],
+        "grad_norm": {"mean": mean_norm, "std": std_norm,
+                      "min": float(norms.min()), "max": float(norms.max())},
+        "learning_efficiency": efficiency,
+        "convergence_speed": speed,
+        # 1 / (1 + coefficient of variation of grad norms): unit-free, 1 = perfectly steady.
+        "stability_score": 1.0 / (1.0 + std_norm / max(mean_norm, 1e-12)),
+        "optimizer_steps": len(grad_norms),
+        "lr": lrs,
+        "seconds": seconds,
+        "peak_memory_bytes": _peak_memory_bytes(device),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: EncodedData,
+    tasks: Sequence[TaskSpec],
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    amp_dtype: torch.dtype | None = None,
+) -> dict:
+    """Loss (no label smoothing) and metrics of every module and task over ``data``.
+
+    Returns: loss (fused, summed over tasks), acc (primary = first task), task_loss,
+    module_loss (each module's own loss), task_metrics (accuracy/macro_f1, micro_f1, mse).
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    module_sum: dict[str, float] = {}
+    task_sum = {t.name: 0.0 for t in tasks}
+    counts = {t.name: TaskCounts(t) for t in tasks}
+    by_name = {t.name: t for t in tasks}
+    ctx = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
+           else contextlib.nullcontext())
+    for index in batch_indices(len(data), batch_size, None):
+        ids, mask, targets = data.batch(index, device)   # (B, L_b)
+        rows = ids.shape[0]
+        with ctx:
+            out = model(ids, mask)
+        for module, loss in module_losses(out, targets, tasks).items():
+            module_sum[module] = module_sum.get(module, 0.0) + float(loss) * rows
+        for name, pred in out["fused"].items():
+            task_sum[name] += float(task_loss(by_name[name], pred, targets[name])) * rows
+            counts[name].update(pred, targets[name])
+    model.train(was_training)
+    n = len(data)
+    task_metrics = {name: c.metrics() for name, c in counts.items()}
+    primary = task_metrics[tasks[0].name]
+    return {
+        "loss": module_sum["fused"] / n,
+        "acc": primary.get("accuracy", float("nan")),
+        "task_loss": {k: v / n for k, v in task_sum.items()},
+        "module_loss": {k: v / n for k, v in module_sum.items()},
+        "task_metrics": task_metrics,
+    }
+
+
+def run_epoch(engine: Engine, train: EncodedData, val: EncodedData, epoch: int) -> dict:
+    """Train one epoch, evaluate on val, and return the merged metric dict."""
+    metrics = train_one_epoch(engine, train, epoch)
+    v = evaluate(engine.model, val, engine.tasks, device=engine.device, amp_dtype=engine.amp_dtype)
+    metrics.update({
+        "val_loss": v["loss"],
+        "val_acc": v["acc"],
+        "val_task_loss": v["task_loss"],
+        "val_module_loss": v["module_loss"],
+        "val_task_metrics": v["task_metrics"],
+        "overfit_gap": v["loss"] - metrics["train_loss"],
+    })
+    engine.history.append(metrics)
+    return metrics

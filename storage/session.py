@@ -1,0 +1,85 @@
+"""The session folder ``<backup-dir>/<study>/`` and its atomic JSON / Markdown writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SUBFOLDERS = ("preprocessing", "lr_sweep", "checkpoints", "analysis", "final")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it into place:
+    a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become null: strict JSON readers (browsers, jq) reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    text = json.dumps(_json_safe(payload), indent=2, ensure_ascii=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class Session:
+    """One study's evidence folder: preprocessing/, lr_sweep/, checkpoints/, analysis/, final/."""
+
+    root: Path
+
+    @classmethod
+    def create(cls, backup_dir: str | Path, study: str) -> Session:
+        if not study or "/" in study or "\\" in study or study in (".", ".."):
+            raise ValueError(f"study name must be a plain folder name, got {study!r}")
+        root = Path(backup_dir) / study
+        try:
+            for sub in SUBFOLDERS:
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"backup dir {str(backup_dir)!r} cannot be written: {e.strerror}") from None
+        if not os.access(root, os.W_OK):
+            raise ValueError(f"backup dir {str(backup_dir)!r} cannot be written")
+        return cls(root)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def write_json(self, relative: str, payload: Any) -> Path:
+        return write_json(self.root / relative, payload)
+
+    def write_text(self, relative: str, text: str) -> Path:
+        path = self.root / relative
+        atomic_write_bytes(path, text.encode("utf-8"))
+        return path

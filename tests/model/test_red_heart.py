@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import EMBEDDED_TASKS, PRESETS, ByteTokenizer, GroupSpec, TaskSpec, build_model
+
+
+def test_730m_preset_is_within_3_percent_of_730m_parameters_on_meta():
+    model = build_model("730m", device="meta")
+    params = list(model.parameters())
+    assert all(p.is_meta for p in params)  # nothing allocated
+    n = sum(p.numel() for p in params)
+    assert abs(n - 730_000_000) / 730_000_000 < 0.03, n
+
+
+def test_presets_grow_in_size():
+    sizes = [sum(p.numel() for p in build_model(k, device="meta").parameters())
+             for k in ("tiny", "small", "base", "730m")]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 4
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_parameter_and_buffer_belongs_to_exactly_one_group(preset):
+    model = build_model(preset, device="meta")
+    spec = model.group_spec
+    parts = spec.partition(model)
+    names = [n for group in parts.values() for n in group]
+    assert sorted(names) == sorted(model.state_dict())  # each exactly once
+    assert set(parts) == {"group_a_backbone_heads", "group_b_neural", "group_c_dsp_kalman",
+                          "advanced_emotion", "advanced_intent", "advanced_subject"}
+    assert all(parts.values())  # no empty group
+
+
+def test_overlapping_groups_are_an_error():
+    model = build_model("tiny", device="meta")
+    spec = GroupSpec(groups={"a": ("backbone.",), "b": ("backbone.embedding.",),
+                             "rest": ("heads.", "neural.", "dsp.", "kalman.", "advanced.")})
+    with pytest.raises(ValueError, match="exactly one group"):
+        spec.partition(model)
+
+
+def test_every_module_predicts_and_fusion_covers_every_task():
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    ids, mask = ByteTokenizer(64).encode_batch(["(◕‿◕)", "ヽ(ˇ∀ˇ )ゞ", "안녕"])
+    out = model(ids, mask)
+    assert set(out) == {"fused", "heads", "neural", "dsp", "advanced_emotion",
+                        "advanced_intent", "advanced_subject"}
+    for task in EMBEDDED_TASKS:
+        for module in ("fused", "heads", "neural", "dsp", f"advanced_{task.name}"):
+            assert out[module][task.name].shape == (3, task.num_outputs)
+
+
+def test_fusion_weights_are_the_softmax_of_negative_log_variances():
+    torch.manual_seed(0)
+    model = build_model("tiny", tasks=[TaskSpec("y", "single", 3)]).eval()
+    with torch.no_grad():
+        model.kalman.log_var["y"].copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    ids, mask = ByteTokenizer(64).encode_batch(["abc"])
+    out = model(ids, mask)
+    w = torch.softmax(-torch.tensor([0.0, 1.0, 2.0, 3.0]), 0)
+    expected = sum(wi * out[m]["y"] for wi, m in zip(w, ["heads", "neural", "dsp", "advanced_y"],
+                                                       strict=True))
+    torch.testing.assert_close(out["fused"]["y"], expected)
+
+
+def test_padding_length_does_not_change_predictions():
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    short_ids, short_mask = ByteTokenizer(64).encode_batch(["(^_^)"])
+    long_ids, long_mask = ByteTokenizer(64).encode_batch(["(^_^)", "a much longer text here"])
+    a, b = model(short_ids, short_mask), model(long_ids, long_mask)
+    for module in a:
+        for task in a[module]:
+            torch.testing.assert_close(a[module][task][0], b[module][task][0],
+                                       atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"d_model": 65}, "divisible by n_heads"),
+    ({"dropout": 1.0}, "dropout must be in"),
+    ({"dsp_bins": 100}, "dsp_bins must be in"),
+    ({"n_layers": 0}, "n_layers must be >= 1"),
+])
+def test_bad_config_values_are_quoted_in_the_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("tiny", device="meta", **bad)
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        build_model("huge")
