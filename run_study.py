@@ -42,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--max-samples", type=int, default=None,
                    help="seeded sample size (default 10000, as the seed)")
     d.add_argument("--val-ratio", type=float, default=0.1)
-    d.add_argument("--test-ratio", type=float, default=0.1)
+    d.add_argument("--test-ratio", type=float, default=0.1,
+                   help="held-out test split no selection sees; 0 = the seed's two-way split")
+    d.add_argument("--dedup-threshold", type=float, default=0.92,
+                   help="rapidfuzz ratio / 100 at or above which a later row is a near-duplicate")
+    d.add_argument("--conflict-policy", default="keep_first", choices=("keep_first", "drop_group"),
+                   help="duplicate groups whose labels disagree: keep the first row, or drop all")
     m = p.add_argument_group("model")
     m.add_argument("--preset", default="tiny", help="tiny | small | base | 730m")
     m.add_argument("--model", default=None, help="your own model: package.module:factory")
@@ -81,7 +86,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         label_fields=tuple(f.strip() for f in args.label_fields.split(",") if f.strip()),
         max_samples=max_samples, preset=args.preset, model=args.model,
         max_length=args.max_length, device=args.device, val_ratio=args.val_ratio,
-        test_ratio=args.test_ratio, train=train)
+        test_ratio=args.test_ratio, dedup_threshold=args.dedup_threshold,
+        conflict_policy=args.conflict_policy, train=train)
 
 
 def main(argv: list[str] | None = None) -> int:

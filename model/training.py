@@ -193,9 +193,17 @@ def _autocast(engine: Engine) -> contextlib.AbstractContextManager:
 
 
 def _peak_memory_bytes(device: torch.device) -> int:
+    """CUDA allocator peak on GPU; this process' peak RSS on CPU (never a CUDA call)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    try:  # VmHWM: ru_maxrss would report a parent's peak carried over an exec
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass  # not Linux: fall back to getrusage
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _trend_figures(step_losses: torch.Tensor) -> tuple[float, float]:

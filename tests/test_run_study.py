@@ -42,6 +42,10 @@ def test_smoke_run_on_the_embedded_corpus_writes_its_evidence(tmp_path):
     assert summary["epochs"] == 2 and len(summary["history"]) == 2
     data = json.loads((session / "preprocessing" / "data_summary.json").read_text())
     assert data["source"] == "kaomoji-dataset" and data["rows_sampled"] == 600
+    dup = json.loads((session / "preprocessing" / "duplicate_removal_stats.json").read_text())
+    split = json.loads((session / "preprocessing" / "split_stats.json").read_text())
+    assert dup["original_count"] == 600 and dup["cleaned_count"] == split["train_count"] + split[
+        "val_count"] + split["test_count"] + split["leakage_detected"]
     epoch2 = json.loads((session / "checkpoints" / "metrics_epoch_002.json").read_text())
     assert epoch2["epoch"] == 2 and epoch2["val_loss"] > 0
 
@@ -66,6 +70,15 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, args, message):
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_every_row_a_duplicate_exits_2_and_writes_no_phase0_state(tmp_path):
+    f = tmp_path / "dups.json"
+    f.write_text(json.dumps([{"text": "same text", "label": i % 2} for i in range(20)]))
+    out = _run("--data", str(f), "--backup-dir", str(tmp_path), "--study", "d")
+    assert out.returncode == 2
+    assert "1 rows are left after near-duplicate removal" in out.stderr
+    assert not (tmp_path / "d" / "preprocessing" / "phase0_state.json").exists()
 
 
 def test_a_bad_row_exits_2_naming_file_row_and_field(tmp_path):
