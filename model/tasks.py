@@ -82,6 +82,15 @@ def consistency_loss(spec: TaskSpec, a: torch.Tensor, b: torch.Tensor) -> torch.
     return F.mse_loss(a, b)
 
 
+def correct_rows(spec: TaskSpec, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Rows predicted right (argmax; all labels for multi-label) as a 0-d tensor (no sync)."""
+    if spec.kind == "single":
+        return (pred.argmax(-1) == target).sum()
+    if spec.kind == "multi":
+        return ((pred > 0) == (target > 0.5)).all(-1).sum()
+    return torch.zeros((), dtype=torch.long)
+
+
 @dataclass
 class TaskCounts:
     """Running sufficient statistics for one task's metrics over an epoch."""

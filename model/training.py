@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .groups import GroupSpec
-from .tasks import TaskCounts, TaskSpec, task_loss
+from .tasks import TaskCounts, TaskSpec, correct_rows, task_loss
 from .techniques import (
     build_ema,
     llrd_param_groups,
@@ -155,6 +155,7 @@ class Engine:
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
     ema: nn.Module | None = None
+    spec: GroupSpec | None = None  # set: per-group gradient stats of each epoch's last step
     history: list[dict] = field(default_factory=list)
 
 
@@ -178,7 +179,8 @@ def build_engine(
     amp_dtype = _resolve_precision(config.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     ema = build_ema(model, config.ema_decay) if config.ema_decay > 0 else None
-    return Engine(model, tuple(tasks), config, optimizer, scheduler, device, amp_dtype, scaler, ema)
+    return Engine(model, tuple(tasks), config, optimizer, scheduler, device, amp_dtype, scaler, ema,
+                  spec)
 
 
 def steps_per_epoch(rows: int, config: TrainConfig) -> int:
@@ -204,6 +206,19 @@ def _peak_memory_bytes(device: torch.device) -> int:
     except OSError:
         pass  # not Linux: fall back to getrusage
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _group_grad_stats(model: nn.Module, spec: GroupSpec) -> dict[str, dict[str, float]]:
+    """mean, std, norm, max, min of each group's gradient (before clipping)."""
+    out = {}
+    for group in spec.groups:
+        grads = [p.grad.detach().float().flatten() for _, p in spec.named_parameters_of(model, group)
+                 if p.grad is not None]
+        if grads:
+            g = torch.cat(grads)
+            out[group] = {"mean": float(g.mean()), "std": float(g.std()) if g.numel() > 1 else 0.0,
+                          "norm": float(g.norm()), "max": float(g.max()), "min": float(g.min())}
+    return out
 
 
 def _trend_figures(step_losses: torch.Tensor) -> tuple[float, float]:
@@ -262,7 +277,8 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
     torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks depend on (seed, epoch) only
     batches = list(batch_indices(len(data), cfg.batch_size, epoch_generator(cfg.seed, epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
-    counts = TaskCounts(primary)
+    correct = torch.zeros((), dtype=torch.long)
+    group_grads: dict[str, dict[str, float]] = {}
     fused_sum = torch.zeros((), dtype=torch.float64)
     objective_sum = torch.zeros((), dtype=torch.float64)
     step_losses: list[torch.Tensor] = []   # one per optimizer step (mean over its micro-batches)
@@ -288,7 +304,7 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
         # -- phase 3: backward, averaged over the accumulation group.
         scaled = loss / group_size
         (engine.scaler.scale(scaled) if engine.scaler else scaled).backward()
-        counts.update(first["fused"][primary.name], targets[primary.name])
+        correct += correct_rows(primary, first["fused"][primary.name].detach(), targets[primary.name])
         fused_sum += losses["fused"].detach().double() * rows
         objective_sum += loss.detach().double() * rows
         group_loss += losses["fused"].detach().double() / group_size
@@ -301,6 +317,8 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
             norm = torch.nn.utils.get_total_norm(grads)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm)
+            if engine.spec is not None and i == len(batches) - 1:
+                group_grads = _group_grad_stats(model, engine.spec)
             if engine.scaler:
                 engine.scaler.step(engine.optimizer)
                 engine.scaler.update()
@@ -324,7 +342,7 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
         "epoch": epoch,
         "train_loss": float(fused_sum) / len(data),
         "train_objective": float(objective_sum) / len(data),
-        "train_acc": counts.metrics()["accuracy"],
+        "train_acc": int(correct) / len(data),
         "grad_norm": {"mean": mean_norm, "std": std_norm,
                       "min": float(norms.min()), "max": float(norms.max())},
         "learning_efficiency": efficiency,
@@ -335,6 +353,7 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
         "lr": lrs,
         "seconds": seconds,
         "peak_memory_bytes": _peak_memory_bytes(device),
+        **({"group_grad_stats": group_grads} if group_grads else {}),
     }
 
 

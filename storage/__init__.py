@@ -8,7 +8,7 @@ from .datasets import (
     load_embedded,
     load_file,
 )
-from .session import Session, atomic_write_bytes, read_json, write_json
+from .session import Session, atomic_write_bytes, json_safe, read_json, write_json
 
 __all__ = [
     "DataError",
@@ -17,6 +17,7 @@ __all__ = [
     "TaskField",
     "atomic_write_bytes",
     "embedded_fields",
+    "json_safe",
     "load_embedded",
     "load_file",
     "read_json",

@@ -1,8 +1,9 @@
 """The pipeline: data -> split -> training, each phase writing its evidence.
 
-Phases that exist so far: data loading, phase 0 (near-duplicate removal, the
-stratified length-matched split, the leakage check) and a training run of the
-engine whose per-epoch metrics go to the session folder.
+Phases that exist so far: 0 (near-duplicate removal, the stratified
+length-matched split, the leakage check), 1 (the LR sweep as pruned Optuna trials,
+then the multi-criterion selection) and 2 (the selected LR's long run with modular
+checkpoints). Every phase resumes from what the storage and session folder hold.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
+import optuna
 import torch
-from tqdm.auto import tqdm
+from optuna_dashboard import save_note
 
-from model import ByteTokenizer
+from model import ByteTokenizer, preset_config
 from model.plugin import build
-from model.training import TrainConfig, build_engine, run_epoch, steps_per_epoch
-from storage import Dataset, Session, load_embedded, load_file, read_json
+from model.training import TrainConfig
+from storage import Dataset, Session, json_safe, load_embedded, load_file, read_json
+from storage.studies import create_storage, dashboard_command, default_storage_url, mask_url
 
 from .data_quality import remove_leakage, remove_near_duplicates, stratified_split
+from .long_run import LongRunConfig, run_long_run
+from .lr_sweep import SweepConfig, open_sweep_study, run_lr_sweep, sweep_outcome
+from .selection import SelectionWeights, select_lr
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +42,23 @@ class PipelineConfig:
     max_samples: int | None = 10_000
     preset: str = "tiny"
     model: str | None = None  # package.module:factory
-    max_length: int = 64
+    max_length: int | None = None  # None: the preset's
     device: str = "cpu"
+    storage: str | None = None  # None: sqlite:///<backup_dir>/<study>.db
     val_ratio: float = 0.1
     test_ratio: float = 0.1
     dedup_threshold: float = 0.92
     conflict_policy: str = "keep_first"  # or "drop_group"
     train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    long_run: LongRunConfig = field(default_factory=LongRunConfig)
+    selection_weights: SelectionWeights = field(default_factory=SelectionWeights)
+    selection_method: str = "normalized"
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, got {self.max_samples!r}")
-        if self.max_length < 2:
+        if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length!r}")
         if not 0 < self.val_ratio < 1:
             raise ValueError(f"val_ratio must be in (0, 1), got {self.val_ratio!r}")
@@ -123,48 +134,91 @@ def prepare_data(dataset: Dataset, cfg: PipelineConfig, session: Session) -> dic
     return splits
 
 
-def run(cfg: PipelineConfig) -> dict:
-    """Run every phase that exists; returns the final summary (also written to disk)."""
-    session = Session.create(cfg.backup_dir, cfg.study)
-    logger.info("session folder: %s", session.root)
+def _build_fn(cfg: PipelineConfig, dataset: Dataset, max_length: int):
+    """Model factory with fixed initial weights: every call returns the same model."""
+    def build_fn():
+        torch.manual_seed(cfg.train.seed)
+        return build(cfg.model, cfg.preset, dataset.tasks, max_length)
+    return build_fn
 
-    # -- data
+
+def _model_max_length(cfg: PipelineConfig) -> int:
+    if cfg.max_length is not None:
+        return cfg.max_length
+    return preset_config(cfg.preset).max_length if cfg.model is None else 64
+
+
+def storage_url(cfg: PipelineConfig) -> str:
+    return cfg.storage or default_storage_url(cfg.backup_dir, cfg.study)
+
+
+def run(cfg: PipelineConfig) -> dict:
+    """Run every phase; rerunning the same config resumes. Returns the long run summary."""
+    session = Session.create(cfg.backup_dir, cfg.study)
+    url = storage_url(cfg)
+    storage = create_storage(url)
+    logger.info("session folder: %s; storage: %s", session.root, mask_url(url))
+    logger.info("watch it live: %s", dashboard_command(url))
+
+    # -- phase 0: data quality
     dataset = load_data(cfg)
     splits = prepare_data(dataset, cfg, session)
-    train_rows, val_rows, test_rows = splits["train"], splits["val"], splits["test"]
-    tokenizer = ByteTokenizer(cfg.max_length)
-    train, val = dataset.encode(train_rows, tokenizer), dataset.encode(val_rows, tokenizer)
+    max_length = _model_max_length(cfg)
+    tokenizer = ByteTokenizer(max_length)
+    train, val = (dataset.encode(splits[k], tokenizer) for k in ("train", "val"))
     session.write_json("preprocessing/data_summary.json", {
         "source": dataset.source, "rows_available": dataset.total_rows,
         "rows_sampled": len(dataset.records),
-        "split": {"train": len(train_rows), "val": len(val_rows), "test": len(test_rows)},
+        "split": {k: len(v) for k, v in splits.items()},
         "tasks": [asdict(f) | {"classes": list(f.classes)} for f in dataset.fields],
     })
+    build_fn = _build_fn(cfg, dataset, max_length)
 
-    # -- training
-    torch.manual_seed(cfg.train.seed)
-    model, spec = build(cfg.model, cfg.preset, dataset.tasks, cfg.max_length)
-    engine = build_engine(model, spec, dataset.tasks, cfg.train,
-                          steps_per_epoch(len(train), cfg.train), cfg.device)
-    history = []
-    bar = tqdm(range(1, cfg.train.epochs + 1), desc="training", disable=not cfg.train.progress)
+    # -- phase 1: LR sweep, then selection
     start = time.perf_counter()
-    for epoch in bar:
-        metrics = run_epoch(engine, train, val, epoch)
-        history.append(metrics)
-        session.write_json(f"checkpoints/metrics_epoch_{epoch:03d}.json", metrics)
-        bar.set_postfix(val_loss=f"{metrics['val_loss']:.4f}", val_acc=f"{metrics['val_acc']:.3f}")
-        logger.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f (%.1f s)", epoch,
-                    metrics["train_loss"], metrics["val_loss"], metrics["val_acc"],
-                    metrics["seconds"])
-    summary = {
-        "study": cfg.study,
-        "data": dataset.source,
-        "epochs": cfg.train.epochs,
-        "final_val_loss": history[-1]["val_loss"],
-        "final_val_acc": history[-1]["val_acc"],
-        "seconds": time.perf_counter() - start,
-        "history": history,
-    }
-    session.write_json("final/training_summary.json", summary)
+    sweep_study = open_sweep_study(storage, f"{cfg.study}-lr-sweep", cfg.sweep, cfg.train.seed)
+    run_lr_sweep(sweep_study, cfg.sweep, cfg.train, build_fn, train, val, dataset.tasks,
+                 cfg.device, session)
+    report = write_selection(sweep_study, cfg, session)
+    logger.info("phase 1 done in %.0f s: %s", time.perf_counter() - start, report["selection_reason"])
+
+    # -- phase 2: the long run
+    start = time.perf_counter()
+    long_study = optuna.create_study(study_name=f"{cfg.study}-long-run", storage=storage,
+                                     direction="minimize", load_if_exists=True)
+    summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, build_fn,
+                           train, val, dataset.tasks, cfg.device, session)
+    if summary is None:
+        logger.info("the long run belongs to another live worker; this one is done")
+        return {}
+    logger.info("phase 2 done in %.0f s: best epoch %d (val loss %.4f)", time.perf_counter() - start,
+                summary["best_epoch"], summary["best_val_loss"])
     return summary
+
+
+def write_selection(study: optuna.Study, cfg: PipelineConfig, session: Session) -> dict:
+    """Score the finished LRs; write the report to files, the study and a dashboard note."""
+    evaluations, excluded, curves = sweep_outcome(study)
+    report = select_lr(evaluations, cfg.selection_weights, cfg.selection_method, excluded)
+    session.write_json("lr_sweep/lr_selection_report.json", report)
+    session.write_json("lr_sweep/lr_curves_data.json", {
+        "learning_rates": sorted(curves),
+        "train_losses": {f"{lr:g}": [h["train_loss"] for h in curves[lr]] for lr in sorted(curves)},
+        "val_losses": {f"{lr:g}": [h["val_loss"] for h in curves[lr]] for lr in sorted(curves)},
+        "val_accs": {f"{lr:g}": [h["val_acc"] for h in curves[lr]] for lr in sorted(curves)},
+        "convergence_speeds": {f"{lr:g}": [h["convergence_speed"] for h in curves[lr]]
+                               for lr in sorted(curves)},
+    })
+    study.set_user_attr("selection", json_safe(report))
+    lines = [f"# LR selection\n\n**Selected LR: {report['selected_lr']:g}**. "
+             f"{report['selection_reason']}.\n",
+             "| LR | score | val loss | stability | efficiency | overfit |",
+             "|---|---|---|---|---|---|"]
+    for lr, d in sorted(report["detailed_analysis"].items(), key=lambda kv: float(kv[0])):
+        lines.append(f"| {float(lr):g} | {d['total_score']:.3f} | {d['val_loss_score']:.3f} | "
+                     f"{d['stability_score']:.3f} | {d['efficiency_score']:.3f} | "
+                     f"{d['overfit_score']:.3f} |")
+    lines += ["", *[f"- {r}" for r in report["reasons"].values()],
+              *[f"- LR {lr}: not selectable ({why})" for lr, why in report["excluded"].items()]]
+    save_note(study, "\n".join(lines))
+    return report

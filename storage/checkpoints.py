@@ -1,0 +1,205 @@
+"""Modular checkpoints and the rolling resume state, in safetensors (never pickle).
+
+checkpoints/epoch_002/<group>.safetensors   one file per module group (params + buffers)
+checkpoints/epoch_002/ema.safetensors       the EMA weights
+checkpoints/epoch_002/manifest.json         epoch, metrics, sha256 and bytes per file (last)
+checkpoints/resume/state_epoch_XXX.safetensors + state.json   what resuming needs
+
+Every file is written to a temp file, fsynced and renamed into place; a manifest
+or pointer is written last, so a crash leaves the previous state intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from model.groups import GroupSpec
+
+from .session import atomic_write_bytes, write_json
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+EMA_FILE = "ema.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or resume file that is missing, cut short or altered."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, unshared copies: what safetensors can store."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    data = st_save(_tensors(tensors))
+    atomic_write_bytes(path, data)
+    return {"sha256": sha256_bytes(data), "bytes": len(data)}
+
+
+def checkpoint_dir(root: Path, epoch: int) -> Path:
+    return root / f"epoch_{epoch:03d}"
+
+
+def save_checkpoint(
+    root: Path,
+    epoch: int,
+    model: nn.Module,
+    spec: GroupSpec,
+    metrics: Mapping[str, Any],
+    ema_state: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Write one modular checkpoint; returns its manifest."""
+    folder = checkpoint_dir(root, epoch)
+    state = model.state_dict()
+    files: dict[str, Any] = {}
+    for group, names in spec.partition(model).items():
+        files[f"{group}.safetensors"] = {
+            "group": group, **_write_tensors(folder / f"{group}.safetensors",
+                                             {k: state[k] for k in names})}
+    if ema_state is not None:
+        files[EMA_FILE] = {"group": "ema", **_write_tensors(folder / EMA_FILE, ema_state)}
+    manifest = {"epoch": epoch, "metrics": dict(metrics), "files": files}
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def verify_checkpoint(folder: Path) -> dict[str, Any]:
+    """The manifest, after checking every file's size and sha256; CheckpointError if not."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable manifest ({type(e).__name__})") from None
+    for name, info in manifest.get("files", {}).items():
+        f = folder / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing (listed in the manifest)")
+        if f.stat().st_size != info["bytes"]:
+            raise CheckpointError(f"{f}: {f.stat().st_size} bytes, the manifest says {info['bytes']}")
+        if sha256_file(f) != info["sha256"]:
+            raise CheckpointError(f"{f}: sha256 differs from the manifest")
+    return manifest
+
+
+def list_checkpoints(root: Path) -> list[int]:
+    """Epochs whose checkpoint folder has a manifest (not yet verified), ascending."""
+    out = []
+    for d in sorted(root.glob("epoch_*")):
+        if (d / MANIFEST).is_file() and d.name[6:].isdigit():
+            out.append(int(d.name[6:]))
+    return out
+
+
+def load_tensors(path: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read tensors lazily with safe_open: only ``keys`` (default all) are read."""
+    with safe_open(str(path), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in (keys if keys is not None else fh.keys())}
+
+
+# ----------------------------------------------------------------------------- resume state
+
+@dataclass
+class ResumeState:
+    epoch: int
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, plain = {}, {"state": {}, "param_groups": state["param_groups"]}
+    for pid, entries in state["state"].items():
+        plain["state"][str(pid)] = {}
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{name}"] = value
+                plain["state"][str(pid)][name] = {"tensor": f"optimizer.{pid}.{name}"}
+            else:
+                plain["state"][str(pid)][name] = {"value": value}
+    return tensors, plain
+
+
+def _join_optimizer(plain: dict, tensors: Mapping[str, torch.Tensor]) -> dict:
+    state = {}
+    for pid, entries in plain["state"].items():
+        state[int(pid)] = {name: tensors[e["tensor"]] if "tensor" in e else e["value"]
+                           for name, e in entries.items()}
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_resume(folder: Path, epoch: int, engine: Any, extra: Mapping[str, Any]) -> None:
+    """Everything needed to continue after ``epoch``: weights, optimizer, scheduler,
+    scaler, EMA and RNG. One rolling state; the pointer ``state.json`` is written last."""
+    opt_tensors, opt_plain = _split_optimizer(engine.optimizer.state_dict())
+    tensors = {f"model.{k}": v for k, v in engine.model.state_dict().items()}
+    tensors.update(opt_tensors)
+    if engine.ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in engine.ema.state_dict().items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    name = f"state_epoch_{epoch:03d}.safetensors"
+    info = _write_tensors(folder / name, tensors)
+    meta = {
+        "epoch": epoch, "file": name, **info,
+        "optimizer": opt_plain,
+        "scheduler": engine.scheduler.state_dict(),
+        "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
+        **extra,
+    }
+    write_json(folder / "state.json", meta)
+    for old in folder.glob("state_epoch_*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def read_resume(folder: Path) -> ResumeState | None:
+    """The verified resume state, or None when there is none; CheckpointError if damaged."""
+    pointer = folder / "state.json"
+    if not pointer.is_file():
+        return None
+    try:
+        meta = json.loads(pointer.read_text(encoding="utf-8"))
+        path = folder / meta["file"]
+        data = path.read_bytes()
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{pointer}: resume state unreadable ({type(e).__name__})") from None
+    if len(data) != meta["bytes"] or sha256_bytes(data) != meta["sha256"]:
+        raise CheckpointError(f"{path}: resume state does not match its sha256 in state.json")
+    return ResumeState(meta["epoch"], st_load(data), meta)
+
+
+def restore_engine(engine: Any, state: ResumeState) -> None:
+    """Load a resume state into a freshly built engine (same model, config and data)."""
+    t = state.tensors
+    engine.model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    engine.optimizer.load_state_dict(_join_optimizer(state.meta["optimizer"], t))
+    engine.scheduler.load_state_dict(state.meta["scheduler"])
+    if engine.scaler is not None and state.meta.get("scaler"):
+        engine.scaler.load_state_dict(state.meta["scaler"])
+    if engine.ema is not None:
+        engine.ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+    torch.set_rng_state(t["rng.torch"])

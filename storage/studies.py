@@ -1,0 +1,86 @@
+"""Optuna storages: SQLite by default, any SQLAlchemy URL, or a journal file.
+
+SQLite is opened in WAL mode with a lock timeout, so optuna-dashboard can read the
+file while a run writes it (the known "database is locked" complaint).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_PREFIX = "journal:///"
+SQLITE_TIMEOUT_S = 60.0
+
+
+def default_storage_url(backup_dir: str | Path, study: str) -> str:
+    return f"sqlite:///{Path(backup_dir) / study}.db"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and reports."""
+    if url.startswith(JOURNAL_PREFIX):
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable storage URL>"
+
+
+def _enable_wal(path: Path) -> None:
+    """WAL lets readers (the dashboard) and one writer work at once; it persists in the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def create_storage(url: str) -> BaseStorage:
+    """Open (creating if needed) the storage at ``url``.
+
+    ``sqlite:///path.db`` (WAL, 60 s lock timeout), ``postgresql://...``, ``mysql://...``
+    (any SQLAlchemy URL), or ``journal:///path/to/file.log`` (Optuna's journal file).
+    Raises ValueError naming the (password-masked) URL when it cannot be opened.
+    """
+    shown = mask_url(url)
+    try:
+        if url.startswith(JOURNAL_PREFIX):
+            path = Path(url[len(JOURNAL_PREFIX):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        parsed = make_url(url)
+        engine_kwargs: dict = {}
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                _enable_wal(Path(parsed.database))
+            engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+        else:
+            engine_kwargs["pool_pre_ping"] = True
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
+    except (ArgumentError, ImportError, OSError, sqlite3.Error, optuna.exceptions.StorageInternalError) as e:
+        raise ValueError(f"storage {shown} cannot be opened: {type(e).__name__}: "
+                         f"{mask_url(str(e)) if '://' in str(e) else e}") from None
+    except Exception as e:  # SQLAlchemy connection errors arrive as many types
+        if "sqlalchemy" in type(e).__module__:
+            raise ValueError(f"storage {shown} cannot be opened: {type(e).__name__}") from None
+        raise
+
+
+def dashboard_command(url: str, artifact_dir: str | Path | None = None) -> str:
+    """The optuna-dashboard command for this storage, bound to 127.0.0.1."""
+    target = url[len(JOURNAL_PREFIX):] if url.startswith(JOURNAL_PREFIX) else mask_url(url)
+    cmd = f"optuna-dashboard {target} --host 127.0.0.1 --port 8080"
+    if artifact_dir is not None:
+        cmd += f" --artifact-dir {artifact_dir}"
+    return cmd

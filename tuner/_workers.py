@@ -1,0 +1,47 @@
+"""Who runs a trial, and whether that process is gone (for resuming after a kill)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+WORKER_ATTR = "worker"
+HEARTBEAT_ATTR = "heartbeat"
+
+
+def _start_time(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (guards against pid reuse); None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def worker_id() -> str:
+    """host:pid:start-time of this process."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def is_gone(worker: str | None, heartbeat: float | None, stale_after_s: float) -> bool:
+    """True when the worker that owns a RUNNING trial can no longer finish it.
+
+    On this host: its process is dead (or the pid was reused). On another host: its
+    last heartbeat is older than ``stale_after_s``.
+    """
+    if not worker:
+        return heartbeat is None or time.time() - heartbeat > stale_after_s
+    host, _, rest = worker.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname():
+        return heartbeat is not None and time.time() - heartbeat > stale_after_s
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if pid == os.getpid():
+        return False
+    current = _start_time(pid)
+    return current is None or (started not in ("", "None") and current != started)

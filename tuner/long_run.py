@@ -1,0 +1,224 @@
+"""Phase 2: the best LR's long run in study ``<study>-long-run``, with modular checkpoints.
+
+One trial; every epoch reports its val loss and stores the metric dict as a user attr,
+writes the rolling resume state and, every ``checkpoint_every`` epochs, a modular
+checkpoint with its detailed metrics and a progress report. A rerun adopts the trial
+left RUNNING by a dead process and continues from the resume state, re-reporting any
+epoch the crash kept from Optuna, so the reports equal those of an unbroken run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from model.groups import GroupSpec
+from model.tasks import TaskSpec
+from model.training import EncodedData, TrainConfig, build_engine, run_epoch, steps_per_epoch
+from storage import Session, json_safe
+from storage.checkpoints import CheckpointError, read_resume, restore_engine, save_checkpoint, save_resume
+
+from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, is_gone, worker_id
+from .lr_sweep import epoch_attr, history_of
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LongRunConfig:
+    epochs: int = 60
+    checkpoint_every: int = 2
+    stale_after_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs!r}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
+
+
+def _tensor_stats(t: torch.Tensor) -> dict[str, float]:
+    t = t.detach().float().flatten()
+    return {"mean": float(t.mean()), "std": float(t.std()) if t.numel() > 1 else 0.0,
+            "norm": float(t.norm()), "sparsity": float((t.abs() < 1e-6).float().mean()),
+            "count": t.numel()}
+
+
+def detailed_metrics(model: torch.nn.Module, spec: GroupSpec, metrics: dict,
+                     history: Sequence[dict]) -> dict[str, Any]:
+    """The seed's per-checkpoint detail: parameter stats per group, gradient stats per group
+    (last optimizer step of the epoch), overfitting and learning-efficiency figures, memory."""
+    params = {}
+    for group in spec.groups:
+        tensors = [p for _, p in spec.named_parameters_of(model, group)]
+        if tensors:
+            params[group] = _tensor_stats(torch.cat([p.detach().flatten() for p in tensors]))
+    prev = history[-2] if len(history) > 1 else None
+    return {
+        "epoch": metrics["epoch"],
+        "metrics": metrics,
+        "detailed": {
+            "parameter_stats": params,
+            "gradient_stats": metrics.get("group_grad_stats", {}),
+            "learning_efficiency": {
+                "loss_improvement": (prev["train_loss"] - metrics["train_loss"]) if prev else None,
+                "val_improvement": (prev["val_loss"] - metrics["val_loss"]) if prev else None,
+                "within_epoch": metrics["learning_efficiency"],
+                "convergence_speed": metrics["convergence_speed"]},
+            "overfitting_metrics": {
+                "train_val_gap": metrics["overfit_gap"],
+                "generalization_error": abs(metrics["train_acc"] - metrics["val_acc"])},
+            "memory": {"peak_bytes": metrics["peak_memory_bytes"]},
+        },
+    }
+
+
+def progress_report(epoch: int, total_epochs: int, checkpoints: Sequence[int],
+                    history: Sequence[dict]) -> dict[str, Any]:
+    best = min(history, key=lambda h: h["val_loss"])
+    gaps = [h["overfit_gap"] for h in history if h["epoch"] in checkpoints][-4:]
+    return {
+        "epoch": epoch,
+        "total_checkpoints": len(checkpoints),
+        "training_progress": 100.0 * epoch / total_epochs,
+        "metrics_summary": {"train_loss": history[-1]["train_loss"],
+                            "val_loss": history[-1]["val_loss"], "val_acc": history[-1]["val_acc"]},
+        "best_performance": {"epoch": best["epoch"], "val_loss": best["val_loss"],
+                             "val_acc": best["val_acc"]},
+        "overfitting_analysis": {"recent_checkpoint_gaps": gaps,
+                                 "gap_rising": len(gaps) >= 3 and all(
+                                     a < b for a, b in zip(gaps[-3:], gaps[-2:], strict=False))},
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
+
+
+def _claim_trial(study: optuna.Study, lr: float, stale_after_s: float) -> optuna.Trial | None:
+    """The RUNNING trial a dead process left (adopted), a new one, or None when another
+    live worker runs it or it is complete."""
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            return None
+        if t.state == TrialState.RUNNING:
+            if not is_gone(t.user_attrs.get(WORKER_ATTR), t.user_attrs.get(HEARTBEAT_ATTR),
+                           stale_after_s):
+                logger.info("long run: trial %d is running in another live process", t.number)
+                return None
+            logger.warning("long run: adopting trial %d left running by a process that is gone",
+                           t.number)
+            trial = optuna.trial.Trial(study, t._trial_id)
+            trial.set_user_attr(WORKER_ATTR, worker_id())
+            return trial
+    trial = study.ask(fixed_distributions={"lr": FloatDistribution(lr, lr)})
+    trial.set_user_attr(WORKER_ATTR, worker_id())
+    return trial
+
+
+def run_long_run(
+    study: optuna.Study,
+    lr: float,
+    cfg: LongRunConfig,
+    train_cfg: TrainConfig,
+    build: Callable[[], tuple[torch.nn.Module, GroupSpec]],
+    train: EncodedData,
+    val: EncodedData,
+    tasks: Sequence[TaskSpec],
+    device: str,
+    session: Session,
+) -> dict[str, Any] | None:
+    """Train (or finish training) the long run. Returns its summary, or None when another
+    live worker owns it."""
+    trial = _claim_trial(study, lr, cfg.stale_after_s)
+    if trial is None:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return done[0].user_attrs.get("summary") if done else None
+    run_cfg = replace(train_cfg, lr=lr, epochs=cfg.epochs)
+    torch.manual_seed(run_cfg.seed)
+    model, spec = build()
+    engine = build_engine(model, spec, tasks, run_cfg, steps_per_epoch(len(train), run_cfg), device)
+    root = session.path("checkpoints")
+    history, start = _resume(engine, root / "resume", lr, trial)
+    checkpoints = [h["epoch"] for h in history if h["epoch"] % cfg.checkpoint_every == 0]
+
+    bar = tqdm(range(start, cfg.epochs + 1), desc=f"long run (LR {lr:g})", unit="epoch",
+               initial=start - 1, total=cfg.epochs, disable=not train_cfg.progress)
+    for epoch in bar:
+        metrics = json_safe(run_epoch(engine, train, val, epoch))
+        history.append(metrics)
+        if epoch % cfg.checkpoint_every == 0:
+            _write_checkpoint(root, epoch, engine, spec, metrics, history, cfg, checkpoints, session)
+        # Resume state before the Optuna report: a crash in between re-reports from it.
+        save_resume(root / "resume", epoch, engine, {"lr": lr, "history": history})
+        trial.report(metrics["val_loss"], epoch)
+        trial.set_user_attr(epoch_attr(epoch), metrics)
+        trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+        bar.set_postfix(val_loss=f"{metrics['val_loss']:.4f}", val_acc=f"{metrics['val_acc']:.3f}")
+        logger.info("long run epoch %d/%d: train_loss %.4f val_loss %.4f val_acc %.4f (%.1f s)",
+                    epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"],
+                    metrics["val_acc"], metrics["seconds"])
+    bar.close()
+
+    best = min(history, key=lambda h: h["val_loss"])
+    summary = {"lr": lr, "epochs": cfg.epochs, "checkpoints": checkpoints,
+               "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+               "final_val_loss": history[-1]["val_loss"], "final_val_acc": history[-1]["val_acc"],
+               "training_complete": True}
+    trial.set_user_attr("summary", summary)
+    study.tell(trial, best["val_loss"])
+    session.write_json("checkpoints/long_run_summary.json", summary)
+    return summary
+
+
+def _resume(engine: Any, folder: Path, lr: float, trial: optuna.Trial) -> tuple[list[dict], int]:
+    """Restore the engine from the resume state; re-report epochs Optuna missed."""
+    try:
+        state = read_resume(folder)
+    except CheckpointError as e:
+        logger.warning("long run: %s; starting from epoch 1", e)
+        return [], 1
+    if state is None:
+        return [], 1
+    if state.meta.get("lr") != lr:
+        logger.warning("long run: the resume state is for LR %s, not %g: starting from epoch 1",
+                       state.meta.get("lr"), lr)
+        return [], 1
+    restore_engine(engine, state)
+    history = list(state.meta["history"])
+    reported = trial.study._storage.get_trial(trial._trial_id).intermediate_values
+    for h in history:
+        if h["epoch"] not in reported:
+            trial.report(h["val_loss"], h["epoch"])
+            trial.set_user_attr(epoch_attr(h["epoch"]), h)
+    logger.info("long run: resuming after epoch %d from %s", state.epoch, folder)
+    return history, state.epoch + 1
+
+
+def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metrics: dict,
+                      history: list[dict], cfg: LongRunConfig, checkpoints: list[int],
+                      session: Session) -> None:
+    ema = None
+    if engine.ema is not None:
+        ema = {k: v for k, v in engine.ema.module.state_dict().items()}
+    basic = {k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc",
+                                     "overfit_gap")}
+    basic["val_module_loss"] = metrics["val_module_loss"]
+    save_checkpoint(root, epoch, engine.model, spec, basic, ema)
+    if epoch not in checkpoints:
+        checkpoints.append(epoch)
+    session.write_json(f"checkpoints/metrics_epoch_{epoch:03d}.json",
+                       detailed_metrics(engine.model, spec, metrics, history))
+    session.write_json(f"checkpoints/progress_report_epoch_{epoch:03d}.json",
+                       progress_report(epoch, cfg.epochs, checkpoints, history))
+
+
+__all__ = ["LongRunConfig", "detailed_metrics", "history_of", "progress_report", "run_long_run"]

@@ -1,0 +1,153 @@
+"""Multi-criterion LR selection: pure functions over the sweep's epoch histories.
+
+Criteria and weights are the seed's: validation loss 0.4, stability 0.2,
+efficiency 0.2, overfitting 0.2. The seed scores them with formulas in different
+units (1 / (1 + val loss), min(1, absolute loss drop), ...), so a criterion's
+weight depends on the loss scale. The default, ``"normalized"``, makes every
+criterion scale-free: each candidate's raw figure is min-max normalized across
+the candidates to [0, 1] (1 = best of them; all equal -> 1), then weighted.
+``"seed"`` keeps the seed's literal formulas.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from itertools import pairwise
+from typing import Any
+
+CRITERIA = ("val_loss", "stability", "efficiency", "overfit")
+
+
+@dataclass(frozen=True)
+class SelectionWeights:
+    val_loss: float = 0.4
+    stability: float = 0.2
+    efficiency: float = 0.2
+    overfit: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in CRITERIA:
+            if getattr(self, name) < 0:
+                raise ValueError(f"weight {name} must be >= 0, got {getattr(self, name)!r}")
+        if sum(getattr(self, n) for n in CRITERIA) <= 0:
+            raise ValueError("at least one selection weight must be > 0")
+
+
+def final_evaluation(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The seed's final_evaluation of one LR's epochs, plus a scale-free improvement.
+
+    overfit_gap is val loss - train loss at the last epoch (positive = overfitting;
+    the seed's sign is the opposite); convergence_rate is the mean absolute change of
+    the train loss per epoch, as the seed.
+    """
+    train = [h["train_loss"] for h in history]
+    val = [h["val_loss"] for h in history]
+    improvement = train[0] - train[-1]
+    return {
+        "epochs": len(history),
+        "avg_val_loss": sum(val[-3:]) / len(val[-3:]),
+        "overfit_gap": val[-1] - train[-1],
+        "total_improvement": improvement,
+        "relative_improvement": improvement / train[0] if train[0] else 0.0,
+        "stability_overall": sum(h["stability_score"] for h in history) / len(history),
+        "convergence_rate": (sum(abs(a - b) for a, b in pairwise(train))
+                             / max(1, len(train) - 1)),
+    }
+
+
+def _raw_goodness(ev: Mapping[str, float]) -> dict[str, float]:
+    """Per criterion, a figure where larger is better."""
+    return {
+        "val_loss": -ev["avg_val_loss"],
+        "stability": ev["stability_overall"],
+        "efficiency": ev["relative_improvement"],
+        "overfit": -max(0.0, ev["overfit_gap"]),
+    }
+
+
+def _seed_scores(ev: Mapping[str, float]) -> dict[str, float]:
+    return {
+        "val_loss": 1.0 / (1.0 + ev["avg_val_loss"]),
+        "stability": ev["stability_overall"],
+        "efficiency": min(1.0, ev["total_improvement"]),
+        "overfit": 1.0 / (1.0 + abs(ev["overfit_gap"])),
+    }
+
+
+def criterion_scores(
+    evaluations: Mapping[float, Mapping[str, float]], method: str = "normalized"
+) -> dict[float, dict[str, float]]:
+    """LR -> criterion -> score in [0, 1] (seed formulas may leave that range)."""
+    if method == "seed":
+        return {lr: _seed_scores(ev) for lr, ev in evaluations.items()}
+    if method != "normalized":
+        raise ValueError(f"selection method must be 'normalized' or 'seed', got {method!r}")
+    raw = {lr: _raw_goodness(ev) for lr, ev in evaluations.items()}
+    out: dict[float, dict[str, float]] = {lr: {} for lr in raw}
+    for c in CRITERIA:
+        values = [r[c] for r in raw.values() if math.isfinite(r[c])]
+        lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
+        for lr, r in raw.items():
+            if not math.isfinite(r[c]):
+                out[lr][c] = 0.0
+            else:
+                out[lr][c] = 1.0 if hi == lo else (r[c] - lo) / (hi - lo)
+    return out
+
+
+def _ordinal(n: int) -> str:
+    return {1: "best", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
+def _reason(lr: float, ev: Mapping[str, float], scores: Mapping[float, Mapping[str, float]],
+            totals: Mapping[float, float]) -> str:
+    def rank(c: str) -> int:
+        return 1 + sum(1 for other in scores if scores[other][c] > scores[lr][c])
+    overall = 1 + sum(1 for other in totals if totals[other] > totals[lr])
+    return (f"LR {lr:g}: score {totals[lr]:.3f} ({_ordinal(overall)} of {len(totals)}); "
+            f"val loss over the last epochs {ev['avg_val_loss']:.4f} ({_ordinal(rank('val_loss'))}), "
+            f"stability {ev['stability_overall']:.3f} ({_ordinal(rank('stability'))}), "
+            f"train loss improved {ev['relative_improvement']:.1%} ({_ordinal(rank('efficiency'))}), "
+            f"overfit gap {ev['overfit_gap']:+.4f} ({_ordinal(rank('overfit'))})")
+
+
+def select_lr(
+    evaluations: Mapping[float, Mapping[str, float]],
+    weights: SelectionWeights = SelectionWeights(),
+    method: str = "normalized",
+    excluded: Mapping[float, str] | None = None,
+) -> dict[str, Any]:
+    """Score every candidate LR and pick the best; the report says why in words.
+
+    ``excluded``: LRs that may not be selected (pruned or failed) and why.
+    """
+    if not evaluations:
+        raise ValueError("no LR finished its sweep: nothing to select (every trial was pruned "
+                         "or failed; see lr_sweep/)")
+    scores = criterion_scores(evaluations, method)
+    w = asdict(weights)
+    totals = {lr: sum(w[c] * s[c] for c, s in [(c, scores[lr]) for c in CRITERIA])
+              for lr in scores}
+    best = min(totals, key=lambda lr: (-totals[lr], evaluations[lr]["avg_val_loss"], lr))
+    reasons = {lr: _reason(lr, evaluations[lr], scores, totals) for lr in evaluations}
+    strengths = [c.replace("_", " ") for c in CRITERIA if scores[best][c] >= 0.999]
+    why = (f"LR {best:g} has the highest weighted score ({totals[best]:.3f}, {method} criteria)"
+           + (f"; it is best on: {', '.join(strengths)}" if strengths else ""))
+    return {
+        "selected_lr": best,
+        "selection_score": totals[best],
+        "method": method,
+        "all_scores": {str(lr): totals[lr] for lr in totals},
+        "detailed_analysis": {str(lr): {"total_score": totals[lr],
+                                        **{f"{c}_score": scores[lr][c] for c in CRITERIA},
+                                        "raw_metrics": dict(evaluations[lr])}
+                              for lr in evaluations},
+        "selection_criteria": {f"{c}_weight": w[c] for c in CRITERIA},
+        "selection_reason": why,
+        "reasons": {str(lr): r for lr, r in reasons.items()},
+        "excluded": {str(lr): r for lr, r in (excluded or {}).items()},
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
