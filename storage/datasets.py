@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import torch
 from model.tasks import TaskKind, TaskSpec
 from model.tokenizer import ByteTokenizer
 from model.training import EncodedData
+
+from .session import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +97,38 @@ def sample(records: list[dict], max_samples: int | None, seed: int, source: str)
 
 # ----------------------------------------------------------------------------- embedded corpus
 
+def _cache_path(version: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "redheart-tuner" / f"kaomoji-dataset-{version}.json"
+
+
 @functools.lru_cache(maxsize=1)
 def _embedded_rows() -> tuple[dict, ...]:
+    """The categorized rows, from a compact cache of the four fields we use.
+
+    kaomoji_dataset.all() parses every field of all 82,109 entries (names and keywords
+    in six languages: ~6 s and ~650 MB here); the cache holds what we need and loads in
+    a fraction of that. It is keyed by the package version and rebuilt if unreadable.
+    """
     import kaomoji_dataset
 
-    return tuple(
+    cache = _cache_path(kaomoji_dataset.__version__)
+    try:
+        return tuple(json.loads(cache.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass  # no cache yet (or a damaged one): build it below
+    rows = [
         {"text": r["text"], "label": r["category"], "intent": list(r.get("intent") or ()),
          "subject": list(r.get("subject") or ())}
         for r in kaomoji_dataset.all()
         if r.get("category") and r["category"] != "uncategorized"
-    )
+    ]
+    kaomoji_dataset._cache = None  # drop the package's 650 MB parse
+    try:
+        atomic_write_bytes(cache, json.dumps(rows, ensure_ascii=False).encode("utf-8"))
+    except OSError as e:
+        logger.info("could not cache the embedded corpus at %s: %s", cache, e.strerror)
+    return tuple(rows)
 
 
 def embedded_fields() -> tuple[TaskField, ...]:

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna_dashboard._note import get_note_from_system_attrs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,24 +40,68 @@ def test_smoke_run_on_the_embedded_corpus_writes_its_evidence(tmp_path):
     session = tmp_path / "s"
     for sub in ("preprocessing", "lr_sweep", "checkpoints", "analysis", "final"):
         assert (session / sub).is_dir()
-    summary = json.loads((session / "final" / "training_summary.json").read_text())
-    assert summary["epochs"] == 2 and len(summary["history"]) == 2
+    summary = json.loads((session / "checkpoints" / "long_run_summary.json").read_text())
+    assert summary["epochs"] == 4 and summary["checkpoints"] == [2, 4]
+    assert summary["training_complete"] is True
     data = json.loads((session / "preprocessing" / "data_summary.json").read_text())
-    assert data["source"] == "kaomoji-dataset" and data["rows_sampled"] == 600
+    assert data["source"] == "kaomoji-dataset" and data["rows_sampled"] == 400
+    report = json.loads((session / "lr_sweep" / "lr_selection_report.json").read_text())
+    assert report["selected_lr"] == summary["lr"]
+    assert (session / "lr_sweep" / "lr_curves_data.json").is_file()
+    assert "watch it live: optuna-dashboard sqlite:///" in out.stderr
+    assert "--host 127.0.0.1" in out.stderr
+    storage = f"sqlite:///{tmp_path}/s.db"
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert names == {"s-lr-sweep", "s-long-run"}
+    sweep = optuna.load_study(study_name="s-lr-sweep", storage=storage)
+    assert sweep.user_attrs["selection"]["selected_lr"] == report["selected_lr"]
+    attrs = sweep._storage.get_study_system_attrs(sweep._study_id)
+    note = get_note_from_system_attrs(attrs, None)["body"]
+    assert note.startswith("# LR selection") and "Selected LR" in note
     dup = json.loads((session / "preprocessing" / "duplicate_removal_stats.json").read_text())
     split = json.loads((session / "preprocessing" / "split_stats.json").read_text())
-    assert dup["original_count"] == 600 and dup["cleaned_count"] == split["train_count"] + split[
+    assert dup["original_count"] == 400 and dup["cleaned_count"] == split["train_count"] + split[
         "val_count"] + split["test_count"] + split["leakage_detected"]
     epoch2 = json.loads((session / "checkpoints" / "metrics_epoch_002.json").read_text())
-    assert epoch2["epoch"] == 2 and epoch2["val_loss"] > 0
+    assert epoch2["epoch"] == 2 and epoch2["metrics"]["val_loss"] > 0
+    assert set(epoch2["detailed"]["parameter_stats"]) == set(epoch2["detailed"]["gradient_stats"])
 
 
 def test_a_user_file_trains_through_a_plugged_in_model(tmp_path):
     out = _run("--data", str(_user_file(tmp_path)), "--model", "examples.bag_of_bytes:build",
-               "--epochs", "2", "--backup-dir", str(tmp_path), "--study", "plug")
+               "--epochs", "2", "--sweep-epochs", "1", "--lr-grid", "1e-3,3e-3",
+               "--backup-dir", str(tmp_path), "--study", "plug")
     assert out.returncode == 0, out.stderr
     epoch = json.loads((tmp_path / "plug" / "checkpoints" / "metrics_epoch_002.json").read_text())
-    assert set(epoch["val_module_loss"]) == {"fused", "bag", "conv"}
+    assert set(epoch["metrics"]["val_module_loss"]) == {"fused", "bag", "conv"}
+    assert sorted(p.name for p in (tmp_path / "plug" / "checkpoints" / "epoch_002").iterdir()) == [
+        "bag.safetensors", "conv.safetensors", "ema.safetensors", "manifest.json"]
+
+
+def test_a_toml_config_sets_defaults_and_flags_override_it(tmp_path):
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(f'''
+data-path = "{_user_file(tmp_path)}"
+study_name = "fromtoml"
+lr-grid = [2e-3]
+sweep-epochs = 1
+epochs = 3
+checkpoint-every = 1
+backup-dir = "{tmp_path}"
+''')
+    out = _run("--config", str(cfg), "--epochs", "2")
+    assert out.returncode == 0, out.stderr
+    session = tmp_path / "fromtoml"
+    assert sorted(p.name for p in (session / "checkpoints").glob("epoch_*")) == [
+        "epoch_001", "epoch_002"]
+
+
+def test_an_unknown_key_in_the_config_file_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('learning_rate = 3\n')
+    out = _run("--config", str(cfg))
+    assert out.returncode == 2
+    assert "bad.toml: unknown setting 'learning_rate'" in out.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -63,6 +109,9 @@ def test_a_user_file_trains_through_a_plugged_in_model(tmp_path):
     (["--model", "nowhere.mod:make"], "cannot import module 'nowhere.mod'"),
     (["--model", "examples.bag_of_bytes:missing"], "has no callable 'missing'"),
     (["--test-ratio", "0.95"], "val_ratio + test_ratio must be < 1"),
+    (["--storage", "postgresql://u:pw9@127.0.0.1:1/x"], "cannot be opened"),
+    (["--lr-grid", "1e-3,abc"], "--lr-grid must be comma-separated numbers"),
+    (["--device", "cuda"], "has no CUDA device"),
 ])
 def test_bad_settings_exit_2_with_one_line(tmp_path, args, message):
     out = _run("--data", str(_user_file(tmp_path)), "--backup-dir", str(tmp_path), "--epochs", "1",
@@ -70,6 +119,7 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, args, message):
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+    assert "pw9" not in out.stderr
 
 
 def test_every_row_a_duplicate_exits_2_and_writes_no_phase0_state(tmp_path):

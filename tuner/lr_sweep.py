@@ -9,6 +9,7 @@ point whose trial was left RUNNING by a dead process is failed and retried.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -87,9 +88,26 @@ def open_sweep_study(storage: optuna.storages.BaseStorage, name: str, cfg: Sweep
         pruner=SweepPruner(cfg.rule))
 
 
+def _trial_lr(t: optuna.trial.FrozenTrial) -> float | None:
+    """A trial's LR; a queued (WAITING) trial has it only as a fixed param so far."""
+    return t.params.get("lr", t.system_attrs.get("fixed_params", {}).get("lr"))
+
+
+def _mark_grid_point(study: optuna.Study, trial: optuna.Trial, lr: float) -> None:
+    """Give a queued trial the grid bookkeeping GridSampler keeps for its own trials, so
+    it counts the point as visited (and its after_trial hook finds a grid_id)."""
+    sampler = study.sampler
+    if isinstance(sampler, optuna.samplers.GridSampler):
+        storage = study._storage
+        storage.set_trial_system_attr(trial._trial_id, "search_space", sampler._search_space)
+        storage.set_trial_system_attr(trial._trial_id, "grid_id", sampler._all_grids.index((lr,)))
+
+
 def _enqueue_missing(study: optuna.Study, grid: Sequence[float]) -> int:
-    taken = {t.params.get("lr") for t in study.get_trials(deepcopy=False, states=_TAKEN)}
-    missing = [lr for lr in grid if lr not in taken]
+    """Queue every grid point not finished, running or queued; largest LR first, so a
+    diverging LR is pruned at once and the good ones set the bar for the small ones."""
+    taken = {_trial_lr(t) for t in study.get_trials(deepcopy=False, states=_TAKEN)}
+    missing = [lr for lr in sorted(grid, reverse=True) if lr not in taken]
     for lr in missing:
         study.enqueue_trial({"lr": lr})
     return len(missing)
@@ -116,23 +134,24 @@ def run_lr_sweep(
                 done, len(cfg.lr_grid), len(waiting))
     bar = tqdm(total=len(cfg.lr_grid), initial=min(done, len(cfg.lr_grid)), desc="LR sweep",
                unit="trial", disable=not train_cfg.progress)
-    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial = study.ask()
+    ran: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        ran.append(trial._trial_id)
         lr = trial.suggest_float("lr", min(cfg.lr_grid), max(cfg.lr_grid), log=True)
+        _mark_grid_point(study, trial, lr)
         trial.set_user_attr(WORKER_ATTR, worker_id())
-        try:
-            value = _train_trial(trial, lr, cfg, train_cfg, build, train, val, tasks, device)
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            logger.info("LR %g pruned: %s", lr,
-                        study._storage.get_trial(trial._trial_id).user_attrs.get("pruned_reason"))
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
+        return _train_trial(trial, lr, cfg, train_cfg, build, train, val, tasks, device)
+
+    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        # optimize() pops the queued trial; exceptions other than pruning propagate.
+        study.optimize(objective, n_trials=1, catch=())
+        frozen = study._storage.get_trial(ran[-1])
+        lr = frozen.params["lr"]
+        if frozen.state == TrialState.PRUNED:
+            logger.info("LR %g pruned: %s", lr, frozen.user_attrs.get("pruned_reason"))
         else:
-            study.tell(trial, value)
-            logger.info("LR %g finished: avg val loss of the last epochs %.4f", lr, value)
-        frozen = study._storage.get_trial(trial._trial_id)
+            logger.info("LR %g finished: avg val loss of the last epochs %.4f", lr, frozen.value)
         session.write_json(f"lr_sweep/lr_{lr:g}_metrics.json", {
             "lr": lr, "state": frozen.state.name, "trial_number": frozen.number,
             "config": json_safe(vars(replace(train_cfg, lr=lr))),
@@ -161,6 +180,7 @@ def _train_trial(trial: optuna.Trial, lr: float, cfg: SweepConfig, train_cfg: Tr
         history.append(json_safe(metrics))
         trial.set_user_attr(epoch_attr(epoch), history[-1])
         trial.report(metrics["val_loss"], epoch)
+        trial.set_user_attr(HEARTBEAT_ATTR, time.time())
         logger.info("LR %g epoch %d/%d: train_loss %.4f val_loss %.4f val_acc %.4f", lr, epoch,
                     cfg.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_acc"])
         if trial.should_prune():

@@ -173,6 +173,10 @@ def run(cfg: PipelineConfig) -> dict:
         "tasks": [asdict(f) | {"classes": list(f.classes)} for f in dataset.fields],
     })
     build_fn = _build_fn(cfg, dataset, max_length)
+    model, _ = build_fn()  # a bad --model or preset fails here, before any trial starts
+    logger.info("model: %s with %d parameters", cfg.model or f"RedHeart {cfg.preset}",
+                sum(p.numel() for p in model.parameters()))
+    del model
 
     # -- phase 1: LR sweep, then selection
     start = time.perf_counter()

@@ -43,8 +43,11 @@ def final_evaluation(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     the seed's sign is the opposite); convergence_rate is the mean absolute change of
     the train loss per epoch, as the seed.
     """
-    train = [h["train_loss"] for h in history]
-    val = [h["val_loss"] for h in history]
+    def num(v: Any) -> float:  # None stands for a non-finite value in stored JSON
+        return math.nan if v is None else float(v)
+
+    train = [num(h["train_loss"]) for h in history]
+    val = [num(h["val_loss"]) for h in history]
     improvement = train[0] - train[-1]
     return {
         "epochs": len(history),
@@ -52,7 +55,7 @@ def final_evaluation(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         "overfit_gap": val[-1] - train[-1],
         "total_improvement": improvement,
         "relative_improvement": improvement / train[0] if train[0] else 0.0,
-        "stability_overall": sum(h["stability_score"] for h in history) / len(history),
+        "stability_overall": sum(num(h["stability_score"]) for h in history) / len(history),
         "convergence_rate": (sum(abs(a - b) for a, b in pairwise(train))
                              / max(1, len(train) - 1)),
     }

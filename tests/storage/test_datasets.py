@@ -110,3 +110,21 @@ def test_bad_files_name_the_file_row_and_field(tmp_path, name, content, fields, 
 def test_a_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="cannot read"):
         load_file(tmp_path / "nope.json")
+
+
+def test_a_damaged_corpus_cache_is_rebuilt(tmp_path, monkeypatch):
+    import kaomoji_dataset
+
+    from storage import datasets
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = datasets._cache_path(kaomoji_dataset.__version__)
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{ not json")
+    datasets._embedded_rows.cache_clear()
+    try:
+        rows = datasets._embedded_rows()
+    finally:
+        datasets._embedded_rows.cache_clear()
+    assert len(rows) == 66_786
+    assert len(json.loads(cache.read_text(encoding="utf-8"))) == 66_786

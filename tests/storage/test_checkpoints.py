@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import build_model
+from model.training import EncodedData, TrainConfig, build_engine, steps_per_epoch, train_one_epoch
+from storage.checkpoints import (
+    CheckpointError,
+    list_checkpoints,
+    load_tensors,
+    read_resume,
+    restore_engine,
+    save_checkpoint,
+    save_resume,
+    verify_checkpoint,
+)
+
+
+def _model():
+    torch.manual_seed(0)
+    m = build_model("tiny")
+    return m, m.group_spec
+
+
+def test_a_checkpoint_holds_one_file_per_group_and_reloads_exactly(tmp_path):
+    model, spec = _model()
+    manifest = save_checkpoint(tmp_path, 2, model, spec, {"val_loss": 1.5},
+                               ema_state=model.state_dict())
+    folder = tmp_path / "epoch_002"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"{g}.safetensors" for g in spec.groups] + ["ema.safetensors", "manifest.json"])
+    assert verify_checkpoint(folder)["epoch"] == 2 == manifest["epoch"]
+    assert list_checkpoints(tmp_path) == [2]
+    restored = {}
+    for group in spec.groups:
+        restored.update(load_tensors(folder / f"{group}.safetensors"))
+    state = model.state_dict()
+    assert restored.keys() == state.keys()
+    assert all(torch.equal(restored[k], state[k]) for k in state)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_checkpoint_costs_at_most_1_05x_the_parameter_bytes_it_stores(tmp_path):
+    model, spec = _model()
+    save_checkpoint(tmp_path, 2, model, spec, {"val_loss": 1.5}, ema_state=model.state_dict())
+    stored = 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values())  # + EMA
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "epoch_002").iterdir())
+    assert on_disk <= 1.05 * stored, on_disk / stored
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_group_files_are_detected(tmp_path, damage):
+    model, spec = _model()
+    save_checkpoint(tmp_path, 4, model, spec, {})
+    f = tmp_path / "epoch_004" / "group_b_neural.safetensors"
+    data = bytearray(f.read_bytes())
+    if damage == "truncate":
+        f.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    else:
+        f.unlink()
+    with pytest.raises(CheckpointError, match=r"group_b_neural\.safetensors"):
+        verify_checkpoint(tmp_path / "epoch_004")
+
+
+def _engine(data):
+    cfg = TrainConfig(epochs=2, batch_size=32, progress=False)  # every technique on
+    model, spec = _model()
+    return build_engine(model, spec, model.tasks, cfg, steps_per_epoch(len(data), cfg))
+
+
+def test_resuming_from_the_state_equals_an_unbroken_run(tmp_path, embedded_small):
+    _, data = embedded_small
+    train = EncodedData(data.ids[:128], data.mask[:128], {k: v[:128] for k, v in data.targets.items()})
+    unbroken = _engine(train)
+    train_one_epoch(unbroken, train, 1)
+    train_one_epoch(unbroken, train, 2)
+
+    first = _engine(train)
+    train_one_epoch(first, train, 1)
+    save_resume(tmp_path / "resume", 1, first, {"history": [{"epoch": 1}]})
+    resumed = _engine(train)
+    state = read_resume(tmp_path / "resume")
+    assert state.epoch == 1 and state.meta["history"] == [{"epoch": 1}]
+    restore_engine(resumed, state)
+    train_one_epoch(resumed, train, 2)
+    for a, b in ((unbroken.model, resumed.model), (unbroken.ema, resumed.ema)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert unbroken.scheduler.state_dict() == resumed.scheduler.state_dict()
+
+
+def test_a_resume_state_cut_short_is_refused(tmp_path, embedded_small):
+    _, data = embedded_small
+    engine = _engine(data)
+    save_resume(tmp_path, 3, engine, {})
+    f = next(tmp_path.glob("state_epoch_003.safetensors"))
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        read_resume(tmp_path)
+
+
+def test_a_pickle_where_a_checkpoint_belongs_is_refused_without_running(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(Exception):  # noqa: B017 - safetensors raises its own header error
+        load_tensors(tmp_path / "evil.safetensors")
+    assert not marker.exists()
+
+
+def test_only_the_newest_resume_state_is_kept(tmp_path, embedded_small):
+    _, data = embedded_small
+    engine = _engine(data)
+    for epoch in (1, 2, 3):
+        save_resume(tmp_path, epoch, engine, {})
+    assert [p.name for p in tmp_path.glob("state_epoch_*")] == ["state_epoch_003.safetensors"]
+    assert read_resume(tmp_path).epoch == 3
