@@ -1,5 +1,15 @@
 """What is kept: datasets, the session folder and its reports."""
 
+from .checkpoints import (
+    CheckpointError,
+    list_checkpoints,
+    load_tensors,
+    read_resume,
+    restore_engine,
+    save_checkpoint,
+    save_resume,
+    verify_checkpoint,
+)
 from .datasets import (
     DataError,
     Dataset,
@@ -11,6 +21,7 @@ from .datasets import (
 from .session import Session, atomic_write_bytes, json_safe, read_json, write_json
 
 __all__ = [
+    "CheckpointError",
     "DataError",
     "Dataset",
     "Session",
@@ -18,8 +29,15 @@ __all__ = [
     "atomic_write_bytes",
     "embedded_fields",
     "json_safe",
+    "list_checkpoints",
     "load_embedded",
     "load_file",
+    "load_tensors",
     "read_json",
+    "read_resume",
+    "restore_engine",
+    "save_checkpoint",
+    "save_resume",
+    "verify_checkpoint",
     "write_json",
 ]
