@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from model import ByteTokenizer, build_model
+from model import ByteTokenizer, build_model, preset_config
 from model.techniques import module_losses, total_loss
 from model.training import (
     TrainConfig,
@@ -62,7 +62,7 @@ def main() -> None:
     args = p.parse_args()
 
     ds = load_embedded(args.rows, seed=0)
-    data = ds.encode(ds.records, ByteTokenizer(64))
+    data = ds.encode(ds.records, ByteTokenizer(preset_config(args.preset).max_length))
     torch.manual_seed(0)
     initial = build_model(args.preset, ds.tasks)
     plain = TrainConfig.plain(epochs=1, progress=False)

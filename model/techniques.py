@@ -85,6 +85,9 @@ def llrd_param_groups(
         raise ValueError(f"LLRD decay must be in (0, 1], got {decay!r}")
     if analyzer_scale <= 0.0:
         raise ValueError(f"analyzer LR scale must be > 0, got {analyzer_scale!r}")
+    if decay == 1.0 and analyzer_scale == 1.0:  # LLRD off: one group, one fused kernel call
+        return [{"name": "all", "params": [p for p in model.parameters() if p.requires_grad],
+                 "lr": base_lr}]
     n = len(spec.layers)
     rules: list[tuple[str, tuple[str, ...], float]] = [
         (f"layer_{i}", (pre,), decay ** (n - i)) for i, pre in enumerate(spec.layers)
