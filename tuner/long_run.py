@@ -30,7 +30,7 @@ from storage import Session, json_safe
 from storage.checkpoints import CheckpointError, read_resume, restore_engine, save_checkpoint, save_resume
 
 from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, is_gone, worker_id
-from .lr_sweep import epoch_attr, history_of
+from .lr_sweep import epoch_attr
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metr
                       session: Session) -> None:
     ema = None
     if engine.ema is not None:
-        ema = {k: v for k, v in engine.ema.module.state_dict().items()}
+        ema = dict(engine.ema.module.state_dict())
     basic = {k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc",
                                      "overfit_gap")}
     basic["val_module_loss"] = metrics["val_module_loss"]
@@ -221,4 +221,4 @@ def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metr
                        progress_report(epoch, cfg.epochs, checkpoints, history))
 
 
-__all__ = ["LongRunConfig", "detailed_metrics", "history_of", "progress_report", "run_long_run"]
+__all__ = ["LongRunConfig", "detailed_metrics", "progress_report", "run_long_run"]
