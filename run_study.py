@@ -24,6 +24,7 @@ from storage.studies import dashboard_command
 from tuner.long_run import LongRunConfig
 from tuner.lr_sweep import SEED_GRID, SweepConfig
 from tuner.pipeline import PipelineConfig, run, storage_url
+from tuner.sweet_spot import OverfitConfig
 
 logger = logging.getLogger("run_study")
 
@@ -85,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
     t.add_argument("--selection-method", default="normalized", choices=("normalized", "seed"),
                    help="LR selection: scale-free criteria, or the seed's literal formulas")
+    t.add_argument("--overfit-criterion", default="seed", choices=("seed", "gl", "pq", "up"),
+                   help="which overfitting criterion bounds the sweet spots (all are reported)")
     o = p.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.add_argument("--log-level", default="INFO")
@@ -154,7 +157,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         sweep=SweepConfig(lr_grid=_lr_grid(args.lr_grid), epochs=pick("sweep_epochs", 5)),
         long_run=LongRunConfig(epochs=pick("epochs", 60),
                                checkpoint_every=pick("checkpoint_every", 2)),
-        selection_method=args.selection_method)
+        selection_method=args.selection_method,
+        overfit=OverfitConfig(decide_by=args.overfit_criterion))
 
 
 def main(argv: list[str] | None = None) -> int:

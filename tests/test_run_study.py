@@ -62,6 +62,12 @@ def test_smoke_run_on_the_embedded_corpus_writes_its_evidence(tmp_path):
     split = json.loads((session / "preprocessing" / "split_stats.json").read_text())
     assert dup["original_count"] == 400 and dup["cleaned_count"] == split["train_count"] + split[
         "val_count"] + split["test_count"] + split["leakage_detected"]
+    analysis = json.loads((session / "analysis" / "sweet_spot_analysis.json").read_text())
+    assert set(analysis["criteria"]) == {"seed", "gl", "pq", "up"}
+    assert set(analysis["sweet_spots"]) == {"group_a_backbone_heads", "group_b_neural",
+                                            "group_c_dsp_kalman", "advanced_emotion",
+                                            "advanced_intent", "advanced_subject"}
+    assert all(v["epoch"] in (2, 4) for v in analysis["sweet_spots"].values())
     epoch2 = json.loads((session / "checkpoints" / "metrics_epoch_002.json").read_text())
     assert epoch2["epoch"] == 2 and epoch2["metrics"]["val_loss"] > 0
     assert set(epoch2["detailed"]["parameter_stats"]) == set(epoch2["detailed"]["gradient_stats"])

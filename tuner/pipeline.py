@@ -3,7 +3,8 @@
 Phases that exist so far: 0 (near-duplicate removal, the stratified
 length-matched split, the leakage check), 1 (the LR sweep as pruned Optuna trials,
 then the multi-criterion selection) and 2 (the selected LR's long run with modular
-checkpoints). Every phase resumes from what the storage and session folder hold.
+checkpoints) and 3 (overfitting point and per-group sweet spots from the epoch reports).
+Every phase resumes from what the storage and session folder hold.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ import optuna
 import torch
 from optuna_dashboard import save_note
 
-from model import ByteTokenizer, preset_config
+from model import ByteTokenizer, GroupSpec, preset_config
 from model.plugin import build
 from model.training import TrainConfig
-from storage import Dataset, Session, json_safe, load_embedded, load_file, read_json
+from storage import Dataset, Session, json_safe, list_checkpoints, load_embedded, load_file, read_json
 from storage.studies import create_storage, dashboard_command, default_storage_url, mask_url
 
 from .data_quality import remove_leakage, remove_near_duplicates, stratified_split
 from .long_run import LongRunConfig, run_long_run
-from .lr_sweep import SweepConfig, open_sweep_study, run_lr_sweep, sweep_outcome
+from .lr_sweep import SweepConfig, history_of, open_sweep_study, run_lr_sweep, sweep_outcome
 from .selection import SelectionWeights, select_lr
+from .sweet_spot import OverfitConfig, find_sweet_spots
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class PipelineConfig:
     long_run: LongRunConfig = field(default_factory=LongRunConfig)
     selection_weights: SelectionWeights = field(default_factory=SelectionWeights)
     selection_method: str = "normalized"
+    overfit: OverfitConfig = field(default_factory=OverfitConfig)
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -197,7 +200,27 @@ def run(cfg: PipelineConfig) -> dict:
         return {}
     logger.info("phase 2 done in %.0f s: best epoch %d (val loss %.4f)", time.perf_counter() - start,
                 summary["best_epoch"], summary["best_val_loss"])
+
+    # -- phase 3: overfitting point and sweet spots (metrics only, no weights loaded)
+    _, spec = build_fn()
+    analysis = analyze_long_run(long_study, spec, cfg.overfit, session)
+    logger.info("phase 3: overfitting point %s (%s); sweet spots %s", analysis["overfitting_point"],
+                analysis["decided_by"],
+                {g: v["epoch"] for g, v in analysis["sweet_spots"].items()})
     return summary
+
+
+def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfig,
+                     session: Session) -> dict:
+    """Phase 3 over the long run's epoch reports; writes analysis/sweet_spot_analysis.json."""
+    trial = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))[0]
+    history = history_of(trial)
+    saved = set(list_checkpoints(session.path("checkpoints")))
+    checkpoints = [h["epoch"] for h in history if h["epoch"] in saved]
+    losses = dict(spec.group_losses) or {g: ("fused",) for g in spec.groups}
+    analysis = find_sweet_spots(history, checkpoints, losses, spec.independent, overfit)
+    session.write_json("analysis/sweet_spot_analysis.json", analysis)
+    return analysis
 
 
 def write_selection(study: optuna.Study, cfg: PipelineConfig, session: Session) -> dict:
