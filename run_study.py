@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
     t.add_argument("--selection-method", default="normalized", choices=("normalized", "seed"),
                    help="LR selection: scale-free criteria, or the seed's literal formulas")
-    t.add_argument("--overfit-criterion", default="seed", choices=("seed", "gl", "pq", "up"),
+    t.add_argument("--overfit-criterion", default="gl", choices=("seed", "gl", "pq", "up"),
                    help="which overfitting criterion bounds the sweet spots (all are reported)")
     o = p.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
