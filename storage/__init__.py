@@ -9,6 +9,7 @@ from .checkpoints import (
     save_checkpoint,
     save_resume,
     verify_checkpoint,
+    verify_file,
 )
 from .datasets import (
     DataError,
@@ -39,5 +40,6 @@ __all__ = [
     "save_checkpoint",
     "save_resume",
     "verify_checkpoint",
+    "verify_file",
     "write_json",
 ]

@@ -89,22 +89,39 @@ def save_checkpoint(
     return manifest
 
 
-def verify_checkpoint(folder: Path) -> dict[str, Any]:
-    """The manifest, after checking every file's size and sha256; CheckpointError if not."""
+def _read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable manifest ({type(e).__name__})") from None
+
+
+def _check_file(folder: Path, name: str, info: Mapping[str, Any]) -> None:
+    f = folder / name
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing (listed in the manifest)")
+    if f.stat().st_size != info["bytes"]:
+        raise CheckpointError(f"{f}: {f.stat().st_size} bytes, the manifest says {info['bytes']}")
+    if sha256_file(f) != info["sha256"]:
+        raise CheckpointError(f"{f}: sha256 differs from the manifest")
+
+
+def verify_checkpoint(folder: Path) -> dict[str, Any]:
+    """The manifest, after checking every file's size and sha256; CheckpointError if not."""
+    manifest = _read_manifest(folder)
     for name, info in manifest.get("files", {}).items():
-        f = folder / name
-        if not f.is_file():
-            raise CheckpointError(f"{f}: missing (listed in the manifest)")
-        if f.stat().st_size != info["bytes"]:
-            raise CheckpointError(f"{f}: {f.stat().st_size} bytes, the manifest says {info['bytes']}")
-        if sha256_file(f) != info["sha256"]:
-            raise CheckpointError(f"{f}: sha256 differs from the manifest")
+        _check_file(folder, name, info)
     return manifest
+
+
+def verify_file(folder: Path, name: str) -> Path:
+    """One file of a checkpoint, checked against its manifest (size and sha256)."""
+    info = _read_manifest(folder).get("files", {}).get(name)
+    if info is None:
+        raise CheckpointError(f"{folder / name}: not listed in {folder / MANIFEST}")
+    _check_file(folder, name, info)
+    return folder / name
 
 
 def list_checkpoints(root: Path) -> list[int]:
