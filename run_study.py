@@ -29,7 +29,8 @@ from tuner.sweet_spot import OverfitConfig
 logger = logging.getLogger("run_study")
 
 # --smoke: every phase at toy size (applies where a flag was not given explicitly).
-SMOKE = {"max_samples": 400, "sweep_epochs": 2, "epochs": 4, "checkpoint_every": 2}
+SMOKE = {"max_samples": 400, "sweep_epochs": 2, "epochs": 4, "checkpoint_every": 2,
+         "crossover_trials": 4}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
     t.add_argument("--selection-method", default="normalized", choices=("normalized", "seed"),
                    help="LR selection: scale-free criteria, or the seed's literal formulas")
+    t.add_argument("--crossover-trials", type=int, default=None,
+                   help="TPE crossover trials after the two queued ones (default 30)")
     t.add_argument("--overfit-criterion", default="gl", choices=("seed", "gl", "pq", "up"),
                    help="which overfitting criterion bounds the sweet spots (all are reported)")
     o = p.add_argument_group("output")
@@ -158,7 +161,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         long_run=LongRunConfig(epochs=pick("epochs", 60),
                                checkpoint_every=pick("checkpoint_every", 2)),
         selection_method=args.selection_method,
-        overfit=OverfitConfig(decide_by=args.overfit_criterion))
+        overfit=OverfitConfig(decide_by=args.overfit_criterion),
+        crossover_trials=pick("crossover_trials", 30))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,11 @@ import optuna
 import pytest
 from optuna_dashboard._note import get_note_from_system_attrs
 
+from model import ByteTokenizer, build_model
+from model.training import evaluate
+from storage import load_embedded
+from tuner.final import load_final_model
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,12 +57,40 @@ def test_smoke_run_on_the_embedded_corpus_writes_its_evidence(tmp_path):
     assert "--host 127.0.0.1" in out.stderr
     storage = f"sqlite:///{tmp_path}/s.db"
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    assert names == {"s-lr-sweep", "s-long-run"}
+    assert names == {"s-lr-sweep", "s-long-run", "s-crossover"}
     sweep = optuna.load_study(study_name="s-lr-sweep", storage=storage)
     assert sweep.user_attrs["selection"]["selected_lr"] == report["selected_lr"]
     attrs = sweep._storage.get_study_system_attrs(sweep._study_id)
     note = get_note_from_system_attrs(attrs, None)["body"]
     assert note.startswith("# LR selection") and "Selected LR" in note
+    _check_phase4(session, storage)
+    # A rerun finds everything done: no trial is run again.
+    counts = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    again = _run("--smoke", "--backup-dir", str(tmp_path), "--study", "s")
+    assert again.returncode == 0, again.stderr
+    assert counts == {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+
+
+def _check_phase4(session: Path, storage: str) -> None:
+    results = json.loads((session / "final_results.json").read_text())
+    for key in ("session_id", "best_lr", "sweet_spots", "data_stats", "lr_sweep",
+                "training_complete", "timestamp", "crossover_recipe", "test_table"):
+        assert key in results
+    names = [r["candidate"] for r in results["test_table"]]
+    assert names == ["best_single_checkpoint", "last_epoch", "sweet_spot_crossover",
+                     "optimized_crossover", "ema"]
+    crossover = optuna.load_study(study_name="s-crossover", storage=storage)
+    assert len(crossover.trials) in (5, 6)  # the 2 queued recipes (1 if equal) + 4 TPE trials
+    # The final model, loaded into a fresh model, gives exactly the reported metrics.
+    recipe = json.loads((session / "final" / "recipe.json").read_text())
+    ds = load_embedded(400, seed=0)
+    splits = json.loads((session / "preprocessing" / "phase0_state.json").read_text())["splits"]
+    model = load_final_model(build_model("tiny", ds.tasks), session)
+    for split in ("val", "test"):
+        data = ds.encode([ds.records[i] for i in splits[split]], ByteTokenizer(48))
+        metrics = evaluate(model, data, ds.tasks)
+        assert metrics["loss"] == recipe[f"{split}_loss"]
+        assert metrics["acc"] == recipe[f"{split}_acc"]
     dup = json.loads((session / "preprocessing" / "duplicate_removal_stats.json").read_text())
     split = json.loads((session / "preprocessing" / "split_stats.json").read_text())
     assert dup["original_count"] == 400 and dup["cleaned_count"] == split["train_count"] + split[

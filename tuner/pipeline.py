@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 
 import optuna
 import torch
@@ -25,7 +26,9 @@ from model.training import TrainConfig
 from storage import Dataset, Session, json_safe, list_checkpoints, load_embedded, load_file, read_json
 from storage.studies import create_storage, dashboard_command, default_storage_url, mask_url
 
+from .crossover import best_single_epoch, run_crossover_study
 from .data_quality import remove_leakage, remove_near_duplicates, stratified_split
+from .final import build_test_table, candidate_states, write_final_model
 from .long_run import LongRunConfig, run_long_run
 from .lr_sweep import SweepConfig, history_of, open_sweep_study, run_lr_sweep, sweep_outcome
 from .selection import SelectionWeights, select_lr
@@ -57,6 +60,7 @@ class PipelineConfig:
     selection_weights: SelectionWeights = field(default_factory=SelectionWeights)
     selection_method: str = "normalized"
     overfit: OverfitConfig = field(default_factory=OverfitConfig)
+    crossover_trials: int = 30
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -67,6 +71,8 @@ class PipelineConfig:
             raise ValueError(f"val_ratio must be in (0, 1), got {self.val_ratio!r}")
         if not 0 <= self.test_ratio < 1:
             raise ValueError(f"test_ratio must be in [0, 1), got {self.test_ratio!r}")
+        if self.crossover_trials < 0:
+            raise ValueError(f"crossover_trials must be >= 0, got {self.crossover_trials!r}")
         if not 0 < self.dedup_threshold <= 1:
             raise ValueError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold!r}")
         if self.conflict_policy not in ("keep_first", "drop_group"):
@@ -207,7 +213,58 @@ def run(cfg: PipelineConfig) -> dict:
     logger.info("phase 3: overfitting point %s (%s); sweet spots %s", analysis["overfitting_point"],
                 analysis["decided_by"],
                 {g: v["epoch"] for g, v in analysis["sweet_spots"].items()})
+
+    # -- phase 4: crossover search on val, then the test table nothing above has seen
+    start = time.perf_counter()
+    test = dataset.encode(splits["test"], tokenizer)
+    results = run_phase4(cfg, storage, session, spec, analysis, long_study, report, build_fn,
+                         val, test, dataset.tasks)
+    logger.info("phase 4 done in %.0f s: final model %s (val loss %.4f, test loss %s)",
+                time.perf_counter() - start, results["crossover_recipe"]["method"],
+                results["crossover_recipe"]["val_loss"], results["crossover_recipe"]["test_loss"])
     return summary
+
+
+def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, session: Session,
+               spec: GroupSpec, analysis: dict, long_study: optuna.Study, report: dict,
+               build_fn, val, test, tasks) -> dict:
+    """Crossover study, test table, final model and final_results.json."""
+    root = session.path("checkpoints")
+    trial = long_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))[0]
+    history = history_of(trial)
+    checkpoints = analysis["curves"]["checkpoints"]
+    sweet = {g: v["epoch"] for g, v in analysis["sweet_spots"].items()}
+    single = best_single_epoch(history, checkpoints)
+    first = [sweet, {g: single for g in spec.groups}]
+    distinct = len({tuple(sorted(r.items())) for r in first})
+    model, _ = build_fn()
+    study = optuna.create_study(study_name=f"{cfg.study}-crossover", storage=storage,
+                                direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
+    run_crossover_study(study, root, spec, checkpoints, first, model, val, tasks,
+                        cfg.crossover_trials + distinct, cfg.device)
+    optimized = {g: int(e) for g, e in study.best_params.items()}
+    candidates = candidate_states(root, spec, single, checkpoints[-1], sweet, optimized)
+    table = build_test_table(model, candidates, val, test, tasks, cfg.device)
+    recipe = write_final_model(session, table, candidates)
+    preprocessing = session.path("preprocessing")
+    results = {
+        "session_id": cfg.study,
+        "best_lr": report["selected_lr"],
+        "sweet_spots": sweet,
+        "data_stats": {"duplicates": read_json(preprocessing / "duplicate_removal_stats.json"),
+                       "split": read_json(preprocessing / "split_stats.json")},
+        "lr_sweep": {k: report[k] for k in ("selected_lr", "selection_score", "all_scores",
+                                            "selection_reason", "excluded")},
+        "training_complete": True,
+        "overfitting_point": analysis["overfitting_point"],
+        "crossover_recipe": recipe,
+        "crossover_best_val_loss": study.best_value,
+        "test_table": table,
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
+    session.write_json("final_results.json", results)
+    return results
 
 
 def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfig,
