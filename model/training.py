@@ -385,10 +385,15 @@ def evaluate(
         rows = ids.shape[0]
         with ctx:
             out = model(ids, mask)
-        for module, loss in module_losses(out, targets, tasks).items():
+        # The fused per-task losses serve twice: per task, and summed as the fused loss.
+        fused = {name: task_loss(by_name[name], pred, targets[name])
+                 for name, pred in out["fused"].items()}
+        losses = module_losses({m: p for m, p in out.items() if m != "fused"}, targets, tasks)
+        losses["fused"] = sum(fused.values())
+        for module, loss in losses.items():
             module_sum[module] = module_sum.get(module, 0.0) + float(loss) * rows
         for name, pred in out["fused"].items():
-            task_sum[name] += float(task_loss(by_name[name], pred, targets[name])) * rows
+            task_sum[name] += float(fused[name]) * rows
             counts[name].update(pred, targets[name])
     model.train(was_training)
     n = len(data)
