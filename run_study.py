@@ -21,6 +21,7 @@ import torch
 
 from model.training import TrainConfig
 from storage.studies import dashboard_command
+from tuner.dashboard import ARTIFACT_DIR
 from tuner.long_run import LongRunConfig
 from tuner.lr_sweep import SEED_GRID, SweepConfig
 from tuner.pipeline import PipelineConfig, run, storage_url
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         cfg = config_from_args(args)
-        print(f"watch it live: {dashboard_command(storage_url(cfg))}", file=sys.stderr, flush=True)
+        artifacts = Path(cfg.backup_dir) / cfg.study / ARTIFACT_DIR
+        print(f"watch it live: {dashboard_command(storage_url(cfg), artifacts)}", file=sys.stderr,
+              flush=True)
         run(cfg)
     except (ValueError, OSError) as e:
         # Errors a user can cause: one line and a non-zero exit, not a traceback.

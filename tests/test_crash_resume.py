@@ -1,8 +1,9 @@
-"""SIGKILL run_study.py in the middle of phase 1 and of phase 2, rerun it, and compare
-everything with an unbroken run: the LR choice, every reported value, the final checkpoint."""
+"""SIGKILL run_study.py in phases 1, 2, 3 and 4, rerun it, and compare everything with an
+unbroken run: the LR choice, every reported value, the crossover trials, the final model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -53,7 +54,15 @@ def _outcome(backup: Path) -> dict:
     session = backup / "c"
     manifest = json.loads((session / "checkpoints" / "epoch_004" / "manifest.json").read_text())
     assert not list(session.rglob("*.tmp"))
+    crossover = optuna.load_study(study_name="c-crossover", storage=storage)
+    results = json.loads((session / "final_results.json").read_text())
+    del results["timestamp"]
     return {
+        "crossover": [(t.params, t.value) for t in crossover.trials if t.state == TrialState.COMPLETE],
+        "final_results": results,
+        "final_model": hashlib.sha256(
+            (session / "final" / "optimal_crossover_model.safetensors").read_bytes()).hexdigest(),
+        "report": (session / "final" / "report.md").read_text(),
         "selected_lr": json.loads((session / "lr_sweep" / "lr_selection_report.json").read_text())[
             "selected_lr"],
         "sweep": {t.params["lr"]: (t.state.name, t.value, t.intermediate_values) for t in finished},
@@ -64,7 +73,7 @@ def _outcome(backup: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigkill_in_phase_1_and_phase_2_then_rerun_equals_an_unbroken_run(tmp_path):
+def test_sigkill_in_every_phase_then_rerun_equals_an_unbroken_run(tmp_path):
     unbroken = tmp_path / "unbroken"
     _finish(unbroken)
 
@@ -74,6 +83,10 @@ def test_sigkill_in_phase_1_and_phase_2_then_rerun_equals_an_unbroken_run(tmp_pa
     storage = f"sqlite:///{crashed}/c.db"
     states = [t.state for t in optuna.load_study(study_name="c-long-run", storage=storage).trials]
     assert states == [TrialState.RUNNING]  # left running by the killed process
+    _run_until(crashed, "phase 3: overfitting point")  # phase 3 done, phase 4 not started
+    _run_until(crashed, "crossover trial 1:")          # phase 4, a queued trial evaluated, not told
+    states = [t.state for t in optuna.load_study(study_name="c-crossover", storage=storage).trials]
+    assert states == [TrialState.COMPLETE, TrialState.RUNNING]
     _finish(crashed)
 
     expected, got = _outcome(unbroken), _outcome(crashed)
@@ -81,3 +94,5 @@ def test_sigkill_in_phase_1_and_phase_2_then_rerun_equals_an_unbroken_run(tmp_pa
     assert len(expected["sweep"]) == 5 and expected["checkpoints"] == ["epoch_002", "epoch_004"]
     sweep = optuna.load_study(study_name="c-lr-sweep", storage=storage)
     assert [t.state for t in sweep.trials].count(TrialState.FAIL) == 1  # the killed trial
+    crossover = optuna.load_study(study_name="c-crossover", storage=storage)
+    assert [t.state for t in crossover.trials].count(TrialState.FAIL) == 1

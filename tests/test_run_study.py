@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 from optuna_dashboard._note import get_note_from_system_attrs
 
 from model import ByteTokenizer, build_model
@@ -66,9 +68,13 @@ def test_smoke_run_on_the_embedded_corpus_writes_its_evidence(tmp_path):
     _check_phase4(session, storage)
     # A rerun finds everything done: no trial is run again.
     counts = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    files = {p: p.read_bytes() for p in session.rglob("*") if p.is_file() and p.suffix != ".log"}
     again = _run("--smoke", "--backup-dir", str(tmp_path), "--study", "s")
     assert again.returncode == 0, again.stderr
     assert counts == {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    # ... and leaves every evidence file (and artifact) as it was: nothing uploaded twice.
+    assert {p: p.read_bytes() for p in session.rglob("*") if p.is_file() and p.suffix != ".log"} == files
+    assert "--artifact-dir" in again.stderr and str(session / "artifacts") in again.stderr
 
 
 def _check_phase4(session: Path, storage: str) -> None:
@@ -77,8 +83,8 @@ def _check_phase4(session: Path, storage: str) -> None:
                 "training_complete", "timestamp", "crossover_recipe", "test_table"):
         assert key in results
     names = [r["candidate"] for r in results["test_table"]]
-    assert names == ["best_single_checkpoint", "last_epoch", "sweet_spot_crossover",
-                     "optimized_crossover", "ema"]
+    assert names == ["best_single_checkpoint", "last_epoch", "ema", "sweet_spot_crossover",
+                     "optimized_crossover", "variant_ensemble", "uniform_soup", "greedy_soup"]
     crossover = optuna.load_study(study_name="s-crossover", storage=storage)
     assert len(crossover.trials) in (5, 6)  # the 2 queued recipes (1 if equal) + 4 TPE trials
     # The final model, loaded into a fresh model, gives exactly the reported metrics.
@@ -95,6 +101,7 @@ def _check_phase4(session: Path, storage: str) -> None:
     split = json.loads((session / "preprocessing" / "split_stats.json").read_text())
     assert dup["original_count"] == 400 and dup["cleaned_count"] == split["train_count"] + split[
         "val_count"] + split["test_count"] + split["leakage_detected"]
+    _check_report_and_dashboard(session, storage, results)
     analysis = json.loads((session / "analysis" / "sweet_spot_analysis.json").read_text())
     assert set(analysis["criteria"]) == {"seed", "gl", "pq", "up"}
     assert set(analysis["sweet_spots"]) == {"group_a_backbone_heads", "group_b_neural",
@@ -104,6 +111,39 @@ def _check_phase4(session: Path, storage: str) -> None:
     epoch2 = json.loads((session / "checkpoints" / "metrics_epoch_002.json").read_text())
     assert epoch2["epoch"] == 2 and epoch2["metrics"]["val_loss"] > 0
     assert set(epoch2["detailed"]["parameter_stats"]) == set(epoch2["detailed"]["gradient_stats"])
+
+
+def _check_report_and_dashboard(session: Path, storage: str, results: dict) -> None:
+    report = (session / "final" / "report.md").read_text()
+    for heading in ("## Data (phase 0)", "## Learning rate (phase 1)", "## Long run, overfitting",
+                    "## Crossover search (phase 4)", "## Test table", "## Final model"):
+        assert heading in report
+    for row in results["test_table"]:
+        assert f"| {row['candidate']} | {row['val_loss']:.4f} | {row['test_loss']:.4f} |" in report
+    for png in ("lr_sweep", "learning_curves", "lr_schedule", "crossover_search", "test_table"):
+        assert f"]({png}.png)" in report
+        assert (session / "final" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    store = FileSystemArtifactStore(str(session / "artifacts"))
+    expected = {"s-lr-sweep": {"lr_selection_report.json", "lr_curves_data.json", "lr_sweep.png"},
+                "s-long-run": {"long_run_summary.json", "sweet_spot_analysis.json",
+                               "learning_curves.png", "lr_schedule.png"},
+                "s-crossover": {"recipe.json", "report.md", "crossover_search.png",
+                                "test_table.png", "final_results.json"}}
+    for name, files in expected.items():
+        study = optuna.load_study(study_name=name, storage=storage)
+        metas = get_all_artifact_meta(study)
+        assert {m.filename for m in metas} == files
+        for m in metas:  # each artifact is the file of the session, byte for byte
+            with store.open_reader(m.artifact_id) as fh:
+                assert hashlib.sha256(fh.read()).hexdigest() == study.user_attrs["artifacts"][
+                    m.filename]["sha256"]
+        attrs = study._storage.get_study_system_attrs(study._study_id)
+        assert get_note_from_system_attrs(attrs, None)["body"]
+        if name != "s-lr-sweep":
+            assert any(k.startswith("dashboard:plot_data:") for k in attrs), sorted(attrs)
+    final = hashlib.sha256((session / "final_results.json").read_bytes()).hexdigest()
+    crossover = optuna.load_study(study_name="s-crossover", storage=storage)
+    assert crossover.user_attrs["artifacts"]["final_results.json"]["sha256"] == final
 
 
 def test_a_user_file_trains_through_a_plugged_in_model(tmp_path):

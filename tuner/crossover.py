@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
@@ -74,6 +75,48 @@ def best_single_epoch(history: Sequence[Mapping[str, Any]], checkpoints: Sequenc
     return min(checkpoints, key=lambda e: (by_epoch[e]["val_loss"], e))
 
 
+class ResumableTPESampler(optuna.samplers.BaseSampler):
+    """TPE whose randomness depends only on the seed and how many trials have completed.
+
+    Each trial is decided by a fresh ``TPESampler`` seeded from (seed, completed trials).
+    Optuna's own seeded sampler draws from one RNG stream that a restart resets, so a run
+    killed mid-study would propose different recipes than an unbroken one; this one
+    proposes the same, because TPE only learns from completed trials.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self._seed = seed
+        self._inner = optuna.samplers.TPESampler(seed=seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        seed = int(np.random.SeedSequence([self._seed, done]).generate_state(1)[0])
+        self._inner = optuna.samplers.TPESampler(seed=seed)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+
+def _queued_or_done(study: optuna.Study, recipe: Mapping[str, int]) -> bool:
+    """Whether a trial with exactly ``recipe`` is finished, running or waiting."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
+                                                      TrialState.WAITING)):
+        params = t.params or t.system_attrs.get("fixed_params", {})
+        if {g: int(e) for g, e in params.items()} == dict(recipe):
+            return True
+    return False
+
+
 def run_crossover_study(
     study: optuna.Study,
     root: Path,
@@ -86,18 +129,23 @@ def run_crossover_study(
     n_trials: int,
     device: str = "cpu",
     stale_after_s: float = 3600.0,
+    progress: bool = False,
 ) -> None:
     """Search one checkpoint epoch per group, minimizing the fused val loss.
 
     ``first_recipes`` (the sweet-spot combination, the best single checkpoint) are queued
-    first; finished trials are never run again, so a rerun only tops the study up.
+    first; finished trials are never run again, so a rerun only tops the study up to
+    ``n_trials`` completed trials. A trial left running by a killed process is marked
+    failed and its recipe queued again.
     """
     from .lr_sweep import fail_stale_trials  # shared stale-trial handling
 
     fail_stale_trials(study, stale_after_s)
     choices = [int(c) for c in checkpoints]
     for recipe in first_recipes:
-        study.enqueue_trial({g: int(e) for g, e in recipe.items()}, skip_if_exists=True)
+        recipe = {g: int(e) for g, e in recipe.items()}
+        if not _queued_or_done(study, recipe):
+            study.enqueue_trial(recipe)
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker_id())
@@ -105,8 +153,10 @@ def run_crossover_study(
         metrics = evaluate_state(model, assemble_state(root, recipe, spec), val, tasks, device)
         trial.set_user_attr("val_acc", metrics["acc"])
         trial.set_user_attr("val_task_metrics", json_safe(metrics["task_metrics"]))
+        logger.info("crossover trial %d: %s -> val loss %.4f acc %.4f", trial.number, recipe,
+                    metrics["loss"], metrics["acc"])
         return metrics["loss"]
 
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if done < n_trials:
-        study.optimize(objective, n_trials=n_trials - done, catch=())
+        study.optimize(objective, n_trials=n_trials - done, catch=(), show_progress_bar=progress)

@@ -1,86 +1,181 @@
 """The honest test table and the final model.
 
-Every candidate is chosen on val; the test split is read only here, to report. The
-final model is the candidate with the lowest val loss, written as one safetensors
-file with its recipe; loading it into a fresh model reproduces the reported metrics.
+Every candidate is made from the long run's checkpoints and chosen on val; the test split
+is read only here, to report. Candidates build their weights on demand, so at most one
+candidate's weights (plus a soup's running sum) are in memory at a time.
+
+The final model is the single-weights candidate with the lowest val loss (a prediction
+ensemble is several models, so it is reported but cannot be that one file), written as
+one safetensors file with its recipe; loading it into a fresh model reproduces the
+reported metrics exactly.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save as st_save
 from torch import nn
+from tqdm.auto import tqdm
 
+from model.groups import GroupSpec
 from model.tasks import TaskSpec
 from model.training import EncodedData, evaluate
 from storage import Session, atomic_write_bytes, json_safe
 from storage.checkpoints import EMA_FILE, checkpoint_dir, load_tensors, verify_file
 
 from .crossover import assemble_state
+from .ensembles import average_states, evaluate_ensemble, greedy_soup, greedy_soup_order, variant_recipes
 
 logger = logging.getLogger(__name__)
 
 FINAL_MODEL = "final/optimal_crossover_model.safetensors"
+State = dict[str, torch.Tensor]
 
 
-def _row(name: str, how: dict, v: dict, t: dict, primary: str) -> dict[str, Any]:
+@dataclass
+class Candidate:
+    """One row of the test table: how it was made, and its weights on demand.
+
+    ``state`` builds one model's weights; ``members`` (for a prediction ensemble) yields
+    each member's weights in turn. Exactly one of them is set.
+    """
+
+    name: str
+    how: dict[str, Any]
+    state: Callable[[], State] | None = None
+    members: Callable[[], Iterable[State]] | None = None
+    _cache: State | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.state is None) == (self.members is None):
+            raise ValueError(f"candidate {self.name!r} needs exactly one of state or members")
+
+    @property
+    def single_model(self) -> bool:
+        return self.state is not None
+
+
+def _row(name: str, how: dict, v: dict, t: dict | None, primary: str, single: bool) -> dict[str, Any]:
+    t = t or {}
     return {
-        "candidate": name, **how,
-        "val_loss": v["loss"], "test_loss": t["loss"],
-        "val_acc": v["acc"], "test_acc": t["acc"],
+        "candidate": name, **how, "single_model": single,
+        "val_loss": v["loss"], "test_loss": t.get("loss"),
+        "val_acc": v["acc"], "test_acc": t.get("acc"),
         "val_macro_f1": v["task_metrics"][primary].get("macro_f1"),
-        "test_macro_f1": t["task_metrics"][primary].get("macro_f1"),
-        "val_task_metrics": v["task_metrics"], "test_task_metrics": t["task_metrics"],
+        "test_macro_f1": t.get("task_metrics", {}).get(primary, {}).get("macro_f1"),
+        "val_task_metrics": v["task_metrics"], "test_task_metrics": t.get("task_metrics"),
     }
 
 
-def candidate_states(root: Path, spec: Any, best_single: int, last: int,
-                     sweet: Mapping[str, int], optimized: Mapping[str, int]) -> dict[str, tuple]:
-    """name -> (how it was made, state dict)."""
-    out = {
-        "best_single_checkpoint": ({"recipe": {g: best_single for g in spec.groups}},
-                                   assemble_state(root, {g: best_single for g in spec.groups}, spec)),
-        "last_epoch": ({"recipe": {g: last for g in spec.groups}},
-                       assemble_state(root, {g: last for g in spec.groups}, spec)),
-        "sweet_spot_crossover": ({"recipe": dict(sweet)}, assemble_state(root, sweet, spec)),
-        "optimized_crossover": ({"recipe": dict(optimized)}, assemble_state(root, optimized, spec)),
-    }
+def _same_epoch(spec: GroupSpec, epoch: int) -> dict[str, int]:
+    return {g: epoch for g in spec.groups}
+
+
+def build_candidates(root: Path, spec: GroupSpec, history: Sequence[Mapping[str, Any]],
+                     checkpoints: Sequence[int], best_single: int, sweet: Mapping[str, int],
+                     optimized: Mapping[str, int], model: nn.Module, val: EncodedData,
+                     tasks: Sequence[TaskSpec], device: str = "cpu") -> list[Candidate]:
+    """The eight candidates of the issue, in the order of the test table."""
+    last = checkpoints[-1]
+    by_epoch = {h["epoch"]: h for h in history}
+
+    def whole(epoch: int) -> State:
+        return assemble_state(root, _same_epoch(spec, epoch), spec)
+
+    def val_acc(state: State) -> float:
+        model.load_state_dict(state, strict=True)
+        return evaluate(model, val, tasks, device=device)["acc"]
+
+    variants = variant_recipes(optimized, checkpoints)
+    order = greedy_soup_order({c: by_epoch[c]["val_acc"] for c in checkpoints},
+                              {c: by_epoch[c]["val_loss"] for c in checkpoints})
+    soup_info: dict[str, Any] = {}
+
+    def greedy() -> State:
+        out = greedy_soup(order, whole, val_acc)
+        soup_info.update(members=out["members"], decisions=out["decisions"])
+        return out["state"]
+
+    out = [
+        Candidate("best_single_checkpoint", {"recipe": _same_epoch(spec, best_single)},
+                  state=lambda: whole(best_single)),
+        Candidate("last_epoch", {"recipe": _same_epoch(spec, last)}, state=lambda: whole(last)),
+    ]
     ema = checkpoint_dir(root, last) / EMA_FILE
     if ema.is_file():
-        out["ema"] = ({"ema_of_epoch": last}, load_tensors(verify_file(ema.parent, ema.name)))
+        out.append(Candidate("ema", {"ema_of_epoch": last},
+                             state=lambda: load_tensors(verify_file(ema.parent, ema.name))))
+    out += [
+        Candidate("sweet_spot_crossover", {"recipe": dict(sweet)},
+                  state=lambda: assemble_state(root, sweet, spec)),
+        Candidate("optimized_crossover", {"recipe": dict(optimized)},
+                  state=lambda: assemble_state(root, optimized, spec)),
+        Candidate("variant_ensemble", {"around": dict(optimized), "variants": variants},
+                  members=lambda: (assemble_state(root, v["recipe"], spec) for v in variants)),
+        Candidate("uniform_soup", {"members": list(checkpoints)},
+                  state=lambda: average_states(whole(c) for c in checkpoints)),
+        Candidate("greedy_soup", {"order": order, "soup": soup_info}, state=greedy),
+    ]
     return out
 
 
-def build_test_table(model: nn.Module, candidates: Mapping[str, tuple], val: EncodedData,
-               test: EncodedData, tasks: Sequence[TaskSpec], device: str = "cpu") -> list[dict]:
+def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: EncodedData,
+                     test: EncodedData, tasks: Sequence[TaskSpec], device: str = "cpu",
+                     progress: bool = False) -> list[dict]:
+    """Val and test metrics of every candidate (test only when the split is not empty)."""
     primary = tasks[0].name
+    splits = {"val": val, **({"test": test} if len(test) else {})}
     rows = []
-    for name, (how, state) in candidates.items():
-        model.load_state_dict(state, strict=True)
-        v = evaluate(model, val, tasks, device=device)
-        t = evaluate(model, test, tasks, device=device) if len(test) else v | {"loss": None,
-                                                                                 "acc": None}
-        rows.append(json_safe(_row(name, how, v, t, primary)))
+    for cand in tqdm(candidates, desc="test table", unit="candidate", disable=not progress):
+        if cand.single_model:
+            state = cand.state()
+            model.load_state_dict(state, strict=True)
+            metrics = {k: evaluate(model, d, tasks, device=device) for k, d in splits.items()}
+        else:
+            metrics = evaluate_ensemble(model, cand.members(), splits, tasks, device)
+        rows.append(json_safe(_row(cand.name, cand.how, metrics["val"], metrics.get("test"),
+                                   primary, cand.single_model)))
+        if cand.single_model and _best_single(rows)["candidate"] == cand.name:
+            # Keep the best single model's exact weights for the final file; drop the rest
+            # (one model's weights in memory, not eight).
+            for other in candidates:
+                other._cache = None
+            cand._cache = state
+        r = rows[-1]
+        logger.info("%s: val loss %.4f acc %.4f; test loss %s acc %s", cand.name, r["val_loss"],
+                    r["val_acc"], _fmt(r["test_loss"]), _fmt(r["test_acc"]))
     return rows
 
 
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _best_single(rows: Sequence[dict]) -> dict:
+    return min((r for r in rows if r["single_model"]), key=lambda r: r["val_loss"])
+
+
 def write_final_model(session: Session, table: Sequence[dict],
-                      candidates: Mapping[str, tuple]) -> dict[str, Any]:
-    """The lowest-val-loss candidate as final/optimal_crossover_model.safetensors + recipe.json."""
-    best = min(table, key=lambda r: r["val_loss"])
-    how, state = candidates[best["candidate"]]
+                      candidates: Sequence[Candidate]) -> dict[str, Any]:
+    """The single-model candidate with the lowest val loss, as
+    final/optimal_crossover_model.safetensors + final/recipe.json."""
+    best = _best_single(table)
+    cand = next(c for c in candidates if c.name == best["candidate"])
+    state = cand._cache if cand._cache is not None else cand.state()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write_bytes(session.path(FINAL_MODEL), st_save(tensors))
-    recipe = {"method": best["candidate"], **how, "chosen_on": "val loss",
+    recipe = {"method": best["candidate"], **cand.how, "chosen_on": "val loss among single models",
               "val_loss": best["val_loss"], "test_loss": best["test_loss"],
               "val_acc": best["val_acc"], "test_acc": best["test_acc"]}
-    session.write_json("final/recipe.json", recipe)
+    session.write_json("final/recipe.json", json_safe(recipe))
     logger.info("final model: %s (val loss %.4f, test loss %s)", best["candidate"],
-                best["val_loss"], best["test_loss"])
+                best["val_loss"], _fmt(best["test_loss"]))
     return recipe
 
 
@@ -89,5 +184,5 @@ def load_final_model(model: nn.Module, session_root: Path) -> nn.Module:
     return model
 
 
-__all__ = ["FINAL_MODEL", "build_test_table", "candidate_states", "load_final_model",
+__all__ = ["FINAL_MODEL", "Candidate", "build_candidates", "build_test_table", "load_final_model",
            "write_final_model"]

@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import optuna
 import torch
@@ -26,11 +27,13 @@ from model.training import TrainConfig
 from storage import Dataset, Session, json_safe, list_checkpoints, load_embedded, load_file, read_json
 from storage.studies import create_storage, dashboard_command, default_storage_url, mask_url
 
-from .crossover import best_single_epoch, run_crossover_study
+from .crossover import ResumableTPESampler, best_single_epoch, run_crossover_study
+from .dashboard import ARTIFACT_DIR, publish
 from .data_quality import remove_leakage, remove_near_duplicates, stratified_split
-from .final import build_test_table, candidate_states, write_final_model
+from .final import build_candidates, build_test_table, write_final_model
 from .long_run import LongRunConfig, run_long_run
 from .lr_sweep import SweepConfig, history_of, open_sweep_study, run_lr_sweep, sweep_outcome
+from .report import crossover_section, sweet_spot_section, test_section, without_images, write_report
 from .selection import SelectionWeights, select_lr
 from .sweet_spot import OverfitConfig, find_sweet_spots
 
@@ -167,7 +170,7 @@ def run(cfg: PipelineConfig) -> dict:
     url = storage_url(cfg)
     storage = create_storage(url)
     logger.info("session folder: %s; storage: %s", session.root, mask_url(url))
-    logger.info("watch it live: %s", dashboard_command(url))
+    logger.info("watch it live: %s", dashboard_command(url, session.path(ARTIFACT_DIR)))
 
     # -- phase 0: data quality
     dataset = load_data(cfg)
@@ -219,16 +222,18 @@ def run(cfg: PipelineConfig) -> dict:
     test = dataset.encode(splits["test"], tokenizer)
     results = run_phase4(cfg, storage, session, spec, analysis, long_study, report, build_fn,
                          val, test, dataset.tasks)
-    logger.info("phase 4 done in %.0f s: final model %s (val loss %.4f, test loss %s)",
-                time.perf_counter() - start, results["crossover_recipe"]["method"],
-                results["crossover_recipe"]["val_loss"], results["crossover_recipe"]["test_loss"])
+    recipe = results["crossover_recipe"]
+    logger.info("phase 4 done in %.0f s: final model %s (val loss %.4f, test acc %s); report in %s",
+                time.perf_counter() - start, recipe["method"], recipe["val_loss"],
+                recipe["test_acc"], session.path("final", "report.md"))
     return summary
 
 
 def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, session: Session,
                spec: GroupSpec, analysis: dict, long_study: optuna.Study, report: dict,
                build_fn, val, test, tasks) -> dict:
-    """Crossover study, test table, final model and final_results.json."""
+    """Crossover study, ensembles and soups, the test table, the final model, the report
+    and the dashboard; final_results.json last."""
     root = session.path("checkpoints")
     trial = long_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))[0]
     history = history_of(trial)
@@ -240,12 +245,13 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, sessio
     model, _ = build_fn()
     study = optuna.create_study(study_name=f"{cfg.study}-crossover", storage=storage,
                                 direction="minimize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
+                                sampler=ResumableTPESampler(cfg.train.seed))
     run_crossover_study(study, root, spec, checkpoints, first, model, val, tasks,
-                        cfg.crossover_trials + distinct, cfg.device)
+                        cfg.crossover_trials + distinct, cfg.device, progress=cfg.train.progress)
     optimized = {g: int(e) for g, e in study.best_params.items()}
-    candidates = candidate_states(root, spec, single, checkpoints[-1], sweet, optimized)
-    table = build_test_table(model, candidates, val, test, tasks, cfg.device)
+    candidates = build_candidates(root, spec, history, checkpoints, single, sweet, optimized,
+                                  model, val, tasks, cfg.device)
+    table = build_test_table(model, candidates, val, test, tasks, cfg.device, cfg.train.progress)
     recipe = write_final_model(session, table, candidates)
     preprocessing = session.path("preprocessing")
     results = {
@@ -261,10 +267,32 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, sessio
         "crossover_recipe": recipe,
         "crossover_best_val_loss": study.best_value,
         "test_table": table,
-        "timestamp": datetime.now(UTC).isoformat(),
     }
+    results = _with_stable_timestamp(session.path("final_results.json"), results)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    search = {"n_complete": len(complete), "best_value": study.best_value,
+              "best_params": optimized,
+              "trials": [{"number": t.number, "value": t.value,
+                          "queued": "fixed_params" in t.system_attrs} for t in complete]}
+    write_report(session, results, analysis, history, search, tasks[0].name)
     session.write_json("final_results.json", results)
+    sweep = optuna.load_study(study_name=f"{cfg.study}-lr-sweep", storage=storage)
+    notes = {"long_run": without_images(sweet_spot_section(analysis)),
+             "crossover": without_images([*crossover_section(search),
+                                          *test_section(results, tasks[0].name)])}
+    publish(session, sweep, long_study, study, notes, analysis, table)
     return results
+
+
+def _with_stable_timestamp(path: Path, payload: dict) -> dict:
+    """``payload`` with a timestamp: the earlier one when a rerun reproduces the same
+    content, so reruns leave the file (and its dashboard artifact) byte for byte as it was."""
+    payload = json_safe({k: v for k, v in payload.items() if k != "timestamp"})
+    if path.exists():
+        old = read_json(path)
+        if "timestamp" in old and {k: v for k, v in old.items() if k != "timestamp"} == payload:
+            return payload | {"timestamp": old["timestamp"]}
+    return payload | {"timestamp": datetime.now(UTC).isoformat()}
 
 
 def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfig,
@@ -284,6 +312,7 @@ def write_selection(study: optuna.Study, cfg: PipelineConfig, session: Session) 
     """Score the finished LRs; write the report to files, the study and a dashboard note."""
     evaluations, excluded, curves = sweep_outcome(study)
     report = select_lr(evaluations, cfg.selection_weights, cfg.selection_method, excluded)
+    report = _with_stable_timestamp(session.path("lr_sweep", "lr_selection_report.json"), report)
     session.write_json("lr_sweep/lr_selection_report.json", report)
     session.write_json("lr_sweep/lr_curves_data.json", {
         "learning_rates": sorted(curves),

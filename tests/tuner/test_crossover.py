@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
 from model import build_model
 from storage.checkpoints import CheckpointError, save_checkpoint
-from tuner.crossover import assemble_state, load_crossover
+from tuner.crossover import ResumableTPESampler, assemble_state, load_crossover, run_crossover_study
 
 
 def _saved(tmp_path):
@@ -47,3 +49,65 @@ def test_an_incomplete_recipe_and_a_damaged_file_are_refused(tmp_path):
     f.write_bytes(f.read_bytes()[:-8])
     with pytest.raises(CheckpointError, match="group_c_dsp_kalman"):
         assemble_state(tmp_path, {g: 2 for g in spec.groups}, spec)
+
+
+# ----------------------------------------------------------------------------- the study
+
+def _toy(fail_at: int | None = None):
+    def objective(trial):
+        a = trial.suggest_categorical("a", [2, 4, 6, 8])
+        b = trial.suggest_categorical("b", [2, 4, 6, 8])
+        if trial.number == fail_at:
+            raise RuntimeError("killed mid-trial")
+        return (a - 4) ** 2 + (b - 6) ** 2 + 0.1 * a
+    return objective
+
+
+def _completed(study):
+    return [(t.params, t.value) for t in study.trials if t.state == TrialState.COMPLETE]
+
+
+def test_a_restarted_search_proposes_what_an_unbroken_one_does(tmp_path):
+    sampler_cls = ResumableTPESampler
+    storage = f"sqlite:///{tmp_path}/s.db"
+    unbroken = optuna.create_study(study_name="u", storage=storage, sampler=sampler_cls(7))
+    unbroken.optimize(_toy(), n_trials=14)
+
+    broken = optuna.create_study(study_name="b", storage=storage, sampler=sampler_cls(7))
+    broken.optimize(_toy(fail_at=3), n_trials=4, catch=(RuntimeError,))  # trial 3 dies
+    resumed = optuna.load_study(study_name="b", storage=storage, sampler=sampler_cls(7))  # new process
+    resumed.optimize(_toy(), n_trials=14 - len(_completed(resumed)))
+    assert _completed(resumed) == _completed(unbroken)
+
+
+def test_optunas_own_seeded_tpe_does_not_survive_a_restart(tmp_path):
+    """Why ResumableTPESampler exists: the same scenario with TPESampler(seed) diverges."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    unbroken = optuna.create_study(study_name="u", storage=storage,
+                                   sampler=optuna.samplers.TPESampler(seed=7))
+    unbroken.optimize(_toy(), n_trials=14)
+    broken = optuna.create_study(study_name="b", storage=storage,
+                                 sampler=optuna.samplers.TPESampler(seed=7))
+    broken.optimize(_toy(fail_at=3), n_trials=4, catch=(RuntimeError,))
+    resumed = optuna.load_study(study_name="b", storage=storage,
+                                sampler=optuna.samplers.TPESampler(seed=7))
+    resumed.optimize(_toy(), n_trials=14 - len(_completed(resumed)))
+    assert _completed(resumed) != _completed(unbroken)
+
+
+def test_a_queued_recipe_whose_trial_failed_is_queued_again_and_nothing_runs_twice(
+        tmp_path, embedded_small):
+    ds, data = embedded_small
+    spec, _, _ = _saved(tmp_path / "ck")
+    study = optuna.create_study(study_name="x", storage=f"sqlite:///{tmp_path}/s.db",
+                                sampler=ResumableTPESampler(0))
+    sweet = {g: 2 for g in spec.groups}
+    study.enqueue_trial(sweet)
+    dead = study.ask()                                 # the recipe's trial, then a crash
+    study.tell(dead, state=TrialState.FAIL)
+    model = build_model("tiny", ds.tasks)
+    run_crossover_study(study, tmp_path / "ck", spec, [2, 4], [sweet], model, data, ds.tasks, 3)
+    done = [t.params for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and done[0] == sweet
+    run_crossover_study(study, tmp_path / "ck", spec, [2, 4], [sweet], model, data, ds.tasks, 3)
+    assert len(study.trials) == 4                      # the rerun found it all done

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import PRESETS, ByteTokenizer, build_model
+from model.training import evaluate
+from storage import Session
+from storage.checkpoints import save_checkpoint
+from tuner.final import (
+    Candidate,
+    build_candidates,
+    build_test_table,
+    load_final_model,
+    write_final_model,
+)
+
+
+def _rows(ds, a, b):
+    return ds.encode(ds.records[a:b], ByteTokenizer(PRESETS["tiny"].max_length))
+
+
+NAMES = ["best_single_checkpoint", "last_epoch", "ema", "sweet_spot_crossover",
+         "optimized_crossover", "variant_ensemble", "uniform_soup", "greedy_soup"]
+
+
+def _three_checkpoints(root, ds, val):
+    """Checkpoints at epochs 2, 4, 6 of a tiny model drifting away from its init, and the
+    history a long run would have reported for them (val measured for real)."""
+    torch.manual_seed(0)
+    model = build_model("tiny", ds.tasks)
+    spec = model.group_spec
+    history = []
+    for epoch in (2, 4, 6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        v = evaluate(model, val, ds.tasks)
+        history.append({"epoch": epoch, "val_loss": v["loss"], "val_acc": v["acc"]})
+        ema = {k: t * 0.5 for k, t in model.state_dict().items()}
+        save_checkpoint(root, epoch, model, spec, {}, ema_state=ema)
+    return model, spec, history
+
+
+def _table(tmp_path, embedded_small):
+    ds, _ = embedded_small
+    val, test = _rows(ds, 0, 300), _rows(ds, 300, 600)
+    model, spec, history = _three_checkpoints(tmp_path / "ck", ds, val)
+    sweet = {g: (2 if g.startswith("advanced") else 4) for g in spec.groups}
+    candidates = build_candidates(tmp_path / "ck", spec, history, [2, 4, 6], 4, sweet,
+                                  {g: 4 for g in spec.groups}, model, val, ds.tasks)
+    table = build_test_table(model, candidates, val, test, ds.tasks)
+    return ds, val, test, model, candidates, table
+
+
+def test_the_table_has_every_candidate_in_order_with_val_and_test_metrics(tmp_path, embedded_small):
+    _, _, _, _, _, table = _table(tmp_path, embedded_small)
+    assert [r["candidate"] for r in table] == NAMES
+    for r in table:
+        assert r["val_loss"] > 0 and r["test_loss"] > 0
+        assert 0 <= r["test_acc"] <= 1 and r["test_macro_f1"] is not None
+        assert set(r["test_task_metrics"]) == {"emotion", "intent", "subject"}
+    rows = {r["candidate"]: r for r in table}
+    assert rows["variant_ensemble"]["single_model"] is False
+    assert [v["offsets"] for v in rows["variant_ensemble"]["variants"]] == [[-4, -2], [0], [2, 4]]
+    assert rows["uniform_soup"]["members"] == [2, 4, 6]
+    assert rows["greedy_soup"]["soup"]["members"][0] == rows["greedy_soup"]["order"][0]
+    # The same recipe gives the same numbers however it was named.
+    assert rows["optimized_crossover"]["val_loss"] == rows["best_single_checkpoint"]["val_loss"]
+
+
+def test_the_final_model_is_the_best_single_model_by_val_and_reloads_exactly(tmp_path, embedded_small):
+    ds, val, test, _, candidates, table = _table(tmp_path, embedded_small)
+    # Even if an ensemble had the lowest val loss, the final file is one model.
+    table = [dict(r, val_loss=-1.0) if r["candidate"] == "variant_ensemble" else r for r in table]
+    session = Session.create(tmp_path, "s")
+    recipe = write_final_model(session, table, candidates)
+    best = min((r for r in table if r["single_model"]), key=lambda r: r["val_loss"])
+    assert recipe["method"] == best["candidate"] != "variant_ensemble"
+    torch.manual_seed(123)
+    fresh = load_final_model(build_model("tiny", ds.tasks), session.root)
+    assert evaluate(fresh, val, ds.tasks)["loss"] == recipe["val_loss"]
+    assert evaluate(fresh, test, ds.tasks)["acc"] == recipe["test_acc"]
+    assert not list(session.root.rglob("*.tmp"))
+
+
+def test_an_empty_test_split_reports_val_only(tmp_path, embedded_small):
+    ds, _ = embedded_small
+    val = _rows(ds, 0, 200)
+    model, spec, history = _three_checkpoints(tmp_path / "ck", ds, val)
+    candidates = build_candidates(tmp_path / "ck", spec, history, [2, 4, 6], 6,
+                                  {g: 6 for g in spec.groups}, {g: 6 for g in spec.groups},
+                                  model, val, ds.tasks)
+    table = build_test_table(model, candidates[:2], val, _rows(ds, 0, 0), ds.tasks)
+    assert all(r["test_loss"] is None and r["test_acc"] is None for r in table)
+
+
+def test_a_candidate_needs_exactly_one_way_to_make_its_weights():
+    with pytest.raises(ValueError, match="exactly one of state or members"):
+        Candidate("x", {})
+    with pytest.raises(ValueError, match="exactly one of state or members"):
+        Candidate("x", {}, state=dict, members=list)

@@ -1,0 +1,230 @@
+"""The report for people: final/report.md and the PNG plots beside it.
+
+Everything here is drawn from what the phases wrote (the selection report, the LR
+curves, the long run's epoch reports, the sweet-spot analysis, the crossover trials,
+the test table); nothing is recomputed. Plots use matplotlib's object API (no pyplot
+state, no display) and are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from storage import Session, atomic_write_bytes, read_json
+
+logger = logging.getLogger(__name__)
+
+PLOTS = ("lr_sweep.png", "learning_curves.png", "lr_schedule.png", "crossover_search.png",
+         "test_table.png")
+
+
+def _save(session: Session, name: str, fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(session.path("final", name), buf.getvalue())
+    return name
+
+
+def plot_lr_sweep(curves: Mapping[str, Any]) -> Figure:
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    for lr, losses in curves["val_losses"].items():
+        ax.plot(range(1, len(losses) + 1), losses, marker="o", label=f"LR {lr}")
+    ax.set(title="LR sweep: validation loss per epoch", xlabel="epoch", ylabel="val loss")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_learning_curves(analysis: Mapping[str, Any]) -> Figure:
+    """Train/val loss with each criterion's overfitting point; each group's own val loss
+    at the checkpoints with its sweet spot marked."""
+    c = analysis["curves"]
+    fig = Figure(figsize=(11, 4.5))
+    left, right = fig.subplots(1, 2)
+    left.plot(c["epochs"], c["train_loss"], label="train loss")
+    left.plot(c["epochs"], c["val_loss"], label="val loss")
+    styles = dict(zip(("seed", "gl", "pq", "up"), (":", "--", "-.", (0, (1, 3))), strict=True))
+    for name, crit in analysis["criteria"].items():
+        if crit["overfitting_point"] is not None:
+            width = 2.0 if name == analysis["decided_by"] else 1.0
+            left.axvline(crit["overfitting_point"], color="red", lw=width,
+                         ls=styles.get(name, "--"), label=f"overfitting point ({name})")
+    left.set(title="Long run", xlabel="epoch", ylabel="fused loss")
+    left.legend(fontsize=8)
+    for group, losses in relative_group_losses(c).items():
+        line, = right.plot(c["checkpoints"], losses, label=group)
+        spot = analysis["sweet_spots"][group]["epoch"]
+        right.plot([spot], [losses[c["checkpoints"].index(spot)]], marker="*", ms=14,
+                   color=line.get_color(), ls="none")
+    right.set(title="Each group's own val loss (star: sweet spot)", xlabel="checkpoint epoch",
+              ylabel="group val loss / its value at the first checkpoint")
+    right.legend(fontsize=7)
+    return fig
+
+
+def relative_group_losses(curves: Mapping[str, Any]) -> dict[str, list[float]]:
+    """Each group's val loss over its first checkpoint's: the groups' losses differ in
+    scale (a group sums its modules' losses), their shapes are what the plot compares."""
+    return {g: [x / v[0] if v[0] else x for x in v] for g, v in curves["group_val_loss"].items()}
+
+
+def plot_lr_schedule(history: Sequence[Mapping[str, Any]]) -> Figure:
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    groups = list(history[0]["lr"])
+    for g in groups:
+        ax.plot([h["epoch"] for h in history], [h["lr"][g] for h in history], label=g)
+    ax.set(title="Learning rate at the start of each epoch", xlabel="epoch", ylabel="LR",
+           yscale="log")
+    if len(groups) > 1:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_crossover_search(trials: Sequence[Mapping[str, Any]]) -> Figure:
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    xs = [t["number"] for t in trials]
+    ys = [t["value"] for t in trials]
+    queued = [t for t in trials if t["queued"]]
+    ax.scatter(xs, ys, s=18, label="trial")
+    ax.scatter([t["number"] for t in queued], [t["value"] for t in queued], s=60, marker="s",
+               facecolors="none", edgecolors="black", label="queued (sweet spot, best single)")
+    best, line = float("inf"), []
+    for y in ys:
+        best = min(best, y)
+        line.append(best)
+    ax.step(xs, line, where="post", color="green", label="best so far")
+    ax.set(title="Crossover search (val loss of the fused output)", xlabel="trial",
+           ylabel="val loss")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_test_table(table: Sequence[Mapping[str, Any]]) -> Figure:
+    fig = Figure(figsize=(9, 4))
+    ax = fig.add_subplot()
+    names = [r["candidate"] for r in table]
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [r["val_acc"] for r in table], width=0.4, label="val acc")
+    ax.bar([x + 0.2 for x in xs], [r["test_acc"] or 0 for r in table], width=0.4,
+           label="test acc")
+    ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
+    ax.set(title="Candidates: primary-task accuracy", ylabel="accuracy")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _other_tasks(row: Mapping[str, Any], primary: str, split: str) -> str:
+    metrics = row.get(f"{split}_task_metrics") or {}
+    parts = [f"{task} {k} {v:.3f}" for task, m in metrics.items() if task != primary
+             for k, v in m.items() if k != "accuracy"]
+    return "; ".join(parts) or "-"
+
+
+def data_section(results: Mapping[str, Any]) -> list[str]:
+    dup, split = results["data_stats"]["duplicates"], results["data_stats"]["split"]
+    return [
+        "## Data (phase 0)", "",
+        f"- {dup['original_count']} rows in, {dup['cleaned_count']} after near-duplicate removal "
+        f"(rapidfuzz ratio >= {dup['threshold_used']}).",
+        f"- Split: {split['train_count']} train, {split['val_count']} val, {split['test_count']} "
+        f"test; {split['leakage_detected']} near-duplicates across splits removed from val/test.", ""]
+
+
+def lr_section(best_lr: float, selection: Mapping[str, Any]) -> list[str]:
+    lines = ["## Learning rate (phase 1)", "",
+             f"**Selected LR {best_lr:g}**: {selection['selection_reason']}.", "",
+             "| LR | total | val loss | stability | efficiency | overfit |",
+             "|---|---|---|---|---|---|"]
+    for lr, d in sorted(selection["detailed_analysis"].items(), key=lambda kv: float(kv[0])):
+        lines.append(f"| {float(lr):g} | {d['total_score']:.3f} | {d['val_loss_score']:.3f} | "
+                     f"{d['stability_score']:.3f} | {d['efficiency_score']:.3f} | "
+                     f"{d['overfit_score']:.3f} |")
+    lines += [f"- LR {lr}: not selectable ({why})" for lr, why in selection["excluded"].items()]
+    return [*lines, "", "![LR sweep](lr_sweep.png)", "![LR schedule](lr_schedule.png)", ""]
+
+
+def sweet_spot_section(analysis: Mapping[str, Any]) -> list[str]:
+    lines = ["## Long run, overfitting point and sweet spots (phases 2 and 3)", "",
+             f"Decided by `{analysis['decided_by']}`: overfitting point "
+             f"{analysis['overfitting_point'] or 'none (no criterion fired)'}.", "",
+             "| criterion | fires at epoch | overfitting point |", "|---|---|---|"]
+    for name, c in analysis["criteria"].items():
+        lines.append(f"| {name} | {_fmt(c['fires_at_epoch'])} | {_fmt(c['overfitting_point'])} |")
+    lines += ["", "| group | sweet spot | score | why |", "|---|---|---|---|"]
+    for group, s in analysis["sweet_spots"].items():
+        lines.append(f"| {group} | {s['epoch']} | {s['score']:.4f} | {s['reason']} |")
+    skipped = analysis.get("skipped_checkpoints") or {}
+    lines += [f"- checkpoint epoch {e} skipped: {why}" for e, why in skipped.items()]
+    return [*lines, "", "![Learning curves](learning_curves.png)", ""]
+
+
+def crossover_section(crossover: Mapping[str, Any]) -> list[str]:
+    return ["## Crossover search (phase 4)", "",
+            f"{crossover['n_complete']} completed trials; best val loss "
+            f"{crossover['best_value']:.4f} with {crossover['best_params']}.", "",
+            "![Crossover search](crossover_search.png)", ""]
+
+
+def test_section(results: Mapping[str, Any], primary: str) -> list[str]:
+    lines = ["## Test table", "",
+             "Every candidate is chosen on val; the test split is read only for this table.", "",
+             "| candidate | val loss | test loss | val acc | test acc | val macro-F1 | "
+             "test macro-F1 | other tasks (test) |", "|---|---|---|---|---|---|---|---|"]
+    for r in results["test_table"]:
+        lines.append(f"| {r['candidate']} | {_fmt(r['val_loss'])} | {_fmt(r['test_loss'])} | "
+                     f"{_fmt(r['val_acc'])} | {_fmt(r['test_acc'])} | {_fmt(r['val_macro_f1'])} | "
+                     f"{_fmt(r['test_macro_f1'])} | {_other_tasks(r, primary, 'test')} |")
+    recipe = results["crossover_recipe"]
+    return [*lines, "", "![Test table](test_table.png)", "", "## Final model", "",
+            f"`final/optimal_crossover_model.safetensors`: **{recipe['method']}**, the single "
+            f"model with the lowest val loss ({recipe['val_loss']:.4f}); test loss "
+            f"{_fmt(recipe['test_loss'])}, test accuracy {_fmt(recipe['test_acc'])}. A prediction "
+            "ensemble is several models, so it is reported but not a candidate for this file. "
+            "Recipe in `final/recipe.json`.", ""]
+
+
+def render_markdown(results: Mapping[str, Any], analysis: Mapping[str, Any],
+                    selection: Mapping[str, Any], crossover: Mapping[str, Any],
+                    primary: str) -> str:
+    return "\n".join([f"# Red Heart study `{results['session_id']}`", "", *data_section(results),
+                      *lr_section(results["best_lr"], selection), *sweet_spot_section(analysis),
+                      *crossover_section(crossover), *test_section(results, primary)])
+
+
+def without_images(lines: Sequence[str]) -> str:
+    """Markdown for optuna-dashboard notes: local image links do not resolve there."""
+    return "\n".join(line for line in lines if not line.startswith("!["))
+
+
+def write_report(session: Session, results: Mapping[str, Any], analysis: Mapping[str, Any],
+                 history: Sequence[Mapping[str, Any]], crossover: Mapping[str, Any],
+                 primary: str) -> list[str]:
+    """Write final/report.md and its PNGs; returns the files written (relative to final/)."""
+    selection = read_json(session.path("lr_sweep", "lr_selection_report.json"))
+    curves = read_json(session.path("lr_sweep", "lr_curves_data.json"))
+    written = [
+        _save(session, "lr_sweep.png", plot_lr_sweep(curves)),
+        _save(session, "learning_curves.png", plot_learning_curves(analysis)),
+        _save(session, "lr_schedule.png", plot_lr_schedule(history)),
+        _save(session, "crossover_search.png", plot_crossover_search(crossover["trials"])),
+        _save(session, "test_table.png", plot_test_table(results["test_table"])),
+    ]
+    text = render_markdown(results, analysis, selection, crossover, primary)
+    atomic_write_bytes(session.path("final", "report.md"), text.encode("utf-8"))
+    logger.info("report: %s", session.path("final", "report.md"))
+    return [*written, "report.md"]
+
+
+__all__ = ["PLOTS", "crossover_section", "data_section", "lr_section", "render_markdown",
+           "sweet_spot_section", "test_section", "without_images", "write_report"]
