@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="LR selection: scale-free criteria, or the seed's literal formulas")
     t.add_argument("--crossover-trials", type=int, default=None,
                    help="TPE crossover trials after the two queued ones (default 30)")
+    t.add_argument("--stop-after", type=int, default=4, choices=range(5), metavar="{0..4}",
+                   help="the last phase to run (0: data quality only; default 4: everything)")
     t.add_argument("--overfit-criterion", default="gl", choices=("seed", "gl", "pq", "up"),
                    help="which overfitting criterion bounds the sweet spots (all are reported)")
     o = p.add_argument_group("output")
@@ -163,7 +165,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                                checkpoint_every=pick("checkpoint_every", 2)),
         selection_method=args.selection_method,
         overfit=OverfitConfig(decide_by=args.overfit_criterion),
-        crossover_trials=pick("crossover_trials", 30))
+        crossover_trials=pick("crossover_trials", 30), stop_after=args.stop_after)
 
 
 def main(argv: list[str] | None = None) -> int:

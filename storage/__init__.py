@@ -19,7 +19,15 @@ from .datasets import (
     load_embedded,
     load_file,
 )
-from .session import Session, atomic_write_bytes, json_safe, read_json, write_json
+from .faults import crash_point
+from .session import (
+    Session,
+    atomic_write_bytes,
+    json_safe,
+    read_json,
+    remove_stale_temp_files,
+    write_json,
+)
 
 __all__ = [
     "CheckpointError",
@@ -28,6 +36,7 @@ __all__ = [
     "Session",
     "TaskField",
     "atomic_write_bytes",
+    "crash_point",
     "embedded_fields",
     "json_safe",
     "list_checkpoints",
@@ -36,6 +45,7 @@ __all__ = [
     "load_tensors",
     "read_json",
     "read_resume",
+    "remove_stale_temp_files",
     "restore_engine",
     "save_checkpoint",
     "save_resume",

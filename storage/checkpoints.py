@@ -169,9 +169,14 @@ def _join_optimizer(plain: dict, tensors: Mapping[str, torch.Tensor]) -> dict:
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
+RESUME_KEEP = 2  # the newest state and the one before it, to fall back to
+
+
 def save_resume(folder: Path, epoch: int, engine: Any, extra: Mapping[str, Any]) -> None:
     """Everything needed to continue after ``epoch``: weights, optimizer, scheduler,
-    scaler, EMA and RNG. One rolling state; the pointer ``state.json`` is written last."""
+    scaler, EMA and RNG, as ``state_epoch_XXX.safetensors`` plus its ``.json`` (sha256,
+    bytes, the plain-data state). The newest two states are kept, so a damaged newest one
+    falls back to the one before; ``state.json`` (a copy of the newest meta) is written last."""
     opt_tensors, opt_plain = _split_optimizer(engine.optimizer.state_dict())
     tensors = {f"model.{k}": v for k, v in engine.model.state_dict().items()}
     tensors.update(opt_tensors)
@@ -187,26 +192,56 @@ def save_resume(folder: Path, epoch: int, engine: Any, extra: Mapping[str, Any])
         "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
         **extra,
     }
+    write_json(folder / name.replace(".safetensors", ".json"), meta)
     write_json(folder / "state.json", meta)
-    for old in folder.glob("state_epoch_*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
+    for old in _state_epochs(folder)[RESUME_KEEP:]:
+        for suffix in (".safetensors", ".json"):
+            (folder / f"state_epoch_{old:03d}{suffix}").unlink(missing_ok=True)
+
+
+def _state_epochs(folder: Path) -> list[int]:
+    """Epochs that have a resume state file or meta, newest first."""
+    epochs = {int(p.name[12:15]) for p in folder.glob("state_epoch_[0-9][0-9][0-9].*")}
+    return sorted(epochs, reverse=True)
+
+
+def _read_state(folder: Path, meta_path: Path) -> ResumeState:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        path = folder / meta["file"]
+        data = path.read_bytes()
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{meta_path}: resume state unreadable ({type(e).__name__})") from None
+    if len(data) != meta["bytes"]:
+        raise CheckpointError(f"{path}: {len(data)} bytes, {meta_path.name} says {meta['bytes']}")
+    if sha256_bytes(data) != meta["sha256"]:
+        raise CheckpointError(f"{path}: sha256 differs from {meta_path.name}")
+    return ResumeState(meta["epoch"], st_load(data), meta)
 
 
 def read_resume(folder: Path) -> ResumeState | None:
-    """The verified resume state, or None when there is none; CheckpointError if damaged."""
-    pointer = folder / "state.json"
-    if not pointer.is_file():
+    """The newest intact resume state, or None when there is none.
+
+    A damaged newest state (cut short, altered, its meta unreadable) is named in the log
+    and the one before it is used; CheckpointError when states exist but none is intact.
+    """
+    metas = [folder / f"state_epoch_{e:03d}.json" for e in _state_epochs(folder)]
+    if not metas and (folder / "state.json").is_file():
+        metas = [folder / "state.json"]  # written by a version that kept one state
+    if not metas:
         return None
-    try:
-        meta = json.loads(pointer.read_text(encoding="utf-8"))
-        path = folder / meta["file"]
-        data = path.read_bytes()
-    except (OSError, json.JSONDecodeError, KeyError) as e:
-        raise CheckpointError(f"{pointer}: resume state unreadable ({type(e).__name__})") from None
-    if len(data) != meta["bytes"] or sha256_bytes(data) != meta["sha256"]:
-        raise CheckpointError(f"{path}: resume state does not match its sha256 in state.json")
-    return ResumeState(meta["epoch"], st_load(data), meta)
+    errors = []
+    for meta_path in metas:
+        try:
+            state = _read_state(folder, meta_path)
+        except CheckpointError as e:
+            logger.warning("resume state damaged, skipped: %s", e)
+            errors.append(str(e))
+            continue
+        if errors:
+            logger.warning("resuming from the newest intact state, epoch %d", state.epoch)
+        return state
+    raise CheckpointError("no intact resume state: " + "; ".join(errors))
 
 
 def restore_engine(engine: Any, state: ResumeState) -> None:

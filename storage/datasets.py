@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +236,17 @@ def _infer_kind(path: Path, field: str, values: list[tuple[str, Any]], forced: s
     return kind
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _warn_control_characters(path: Path, rows: list, records: list[dict], text_field: str) -> None:
+    """Control characters are kept (the byte tokenizer encodes them), but said."""
+    hits = [where for (where, _), r in zip(rows, records, strict=True) if _CONTROL.search(r[text_field])]
+    if hits:
+        logger.warning("%s: %d rows hold control characters in field %r (first: %s); kept as bytes",
+                       path, len(hits), text_field, hits[0])
+
+
 def load_file(
     path: str | Path,
     text_field: str = "text",
@@ -297,6 +309,7 @@ def load_file(
                 raise DataError(f"{path}: field {f!r}: every label list is empty; "
                                 "a multi-label task needs at least one label")
         fields.append(TaskField(f if f.isidentifier() else f"task_{len(fields)}", f, kind, classes))
+    _warn_control_characters(path, rows, records, text_field)
     picked = sample(records, max_samples, seed, str(path))
     logger.info("%s: %d of %d rows; tasks %s", path, len(picked), len(records),
                 ", ".join(f"{t.name} ({t.kind}, {len(t.classes)})" for t in fields))

@@ -6,10 +6,13 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .faults import crash_point
 
 logger = logging.getLogger(__name__)
 
@@ -21,19 +24,54 @@ SUBFOLDERS = ("preprocessing", "lr_sweep", "checkpoints", "analysis", "final")
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, then rename it into place:
-    a reader sees the old file or the new one, never half of one."""
+    a reader sees the old file or the new one, never half of one.
+
+    The temp name carries this process' pid, so ``remove_stale_temp_files`` can tell a
+    killed writer's leftovers from a live writer's file in progress.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            half = len(data) // 2
+            fh.write(data[:half])
+            fh.flush()
+            crash_point(f"write:{path.parent.name}/{path.name}")  # half a file on disk
+            fh.write(data[half:])
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_TMP_PID = re.compile(r"\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(root: Path) -> list[Path]:
+    """Delete temp files under ``root`` left by writers that are no longer running."""
+    removed = []
+    for tmp in root.rglob(".*.tmp"):
+        match = _TMP_PID.search(tmp.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    if removed:
+        logger.warning("removed %d temp file(s) left by a killed writer: %s", len(removed),
+                       ", ".join(str(p) for p in removed[:5]))
+    return removed
 
 
 def json_safe(value: Any) -> Any:
@@ -75,6 +113,7 @@ class Session:
             raise ValueError(f"backup dir {str(backup_dir)!r} cannot be written: {e.strerror}") from None
         if not os.access(root, os.W_OK):
             raise ValueError(f"backup dir {str(backup_dir)!r} cannot be written")
+        remove_stale_temp_files(root)
         return cls(root)
 
     def path(self, *parts: str) -> Path:

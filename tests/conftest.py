@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 from model import PRESETS, ByteTokenizer
@@ -11,3 +15,19 @@ def embedded_small():
     """600 real embedded rows (seeded) and their tensors at the tiny preset's max_length."""
     ds = load_embedded(600, seed=0)
     return ds, ds.encode(ds.records, ByteTokenizer(PRESETS["tiny"].max_length))
+
+
+@pytest.fixture(scope="session")
+def unbroken_smoke(tmp_path_factory):
+    """One uninterrupted `run_study.py --smoke --seed 3` run with its crash-point trace: the
+    reference every crash and damage test compares against."""
+    from _runs import finish, outcome
+
+    backup = tmp_path_factory.mktemp("unbroken")
+    trace = backup / "trace.txt"
+    finish(backup, env={**os.environ, "REDHEART_CRASH_TRACE": str(trace)})
+    return {"backup": backup, "outcome": outcome(backup),
+            "trace": trace.read_text().split()}
+
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/_runs.py for the end-to-end tests

@@ -9,7 +9,7 @@ once per process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from torch import nn
 from model.groups import GroupSpec
 from model.tasks import TaskSpec
 from model.training import EncodedData, evaluate
-from storage import json_safe
+from storage import crash_point, json_safe
 from storage.checkpoints import checkpoint_dir, load_tensors, verify_file
 
 from ._workers import WORKER_ATTR, worker_id
@@ -69,6 +69,16 @@ def evaluate_state(model: nn.Module, state: Mapping[str, torch.Tensor], data: En
     return evaluate(model, data, tasks, device=device)
 
 
+def best_recipe(study: optuna.Study, damaged: Collection[int] = ()) -> tuple[dict[str, int], float]:
+    """The completed trial with the lowest val loss whose epochs are all intact."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if not any(int(e) in damaged for e in t.params.values())]
+    if not trials:
+        raise ValueError(f"{study.study_name}: no completed crossover trial on intact checkpoints")
+    best = min(trials, key=lambda t: (t.value, t.number))
+    return {g: int(e) for g, e in best.params.items()}, float(best.value)
+
+
 def best_single_epoch(history: Sequence[Mapping[str, Any]], checkpoints: Sequence[int]) -> int:
     """The checkpoint with the lowest val loss (chosen on val only)."""
     by_epoch = {h["epoch"]: h for h in history}
@@ -107,6 +117,10 @@ class ResumableTPESampler(optuna.samplers.BaseSampler):
         self._inner.after_trial(study, trial, state, values)
 
 
+def _n_complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
 def _queued_or_done(study: optuna.Study, recipe: Mapping[str, int]) -> bool:
     """Whether a trial with exactly ``recipe`` is finished, running or waiting."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
@@ -130,13 +144,16 @@ def run_crossover_study(
     device: str = "cpu",
     stale_after_s: float = 3600.0,
     progress: bool = False,
+    damaged: Collection[int] = (),
 ) -> None:
     """Search one checkpoint epoch per group, minimizing the fused val loss.
 
     ``first_recipes`` (the sweet-spot combination, the best single checkpoint) are queued
     first; finished trials are never run again, so a rerun only tops the study up to
     ``n_trials`` completed trials. A trial left running by a killed process is marked
-    failed and its recipe queued again.
+    failed and its recipe queued again. ``checkpoints`` is every saved epoch (the search
+    space must not change between runs); a recipe that uses a ``damaged`` one is pruned
+    without loading anything.
     """
     from .lr_sweep import fail_stale_trials  # shared stale-trial handling
 
@@ -150,13 +167,22 @@ def run_crossover_study(
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker_id())
         recipe = {g: trial.suggest_categorical(g, choices) for g in spec.groups}
+        bad = sorted({e for e in recipe.values() if e in damaged})
+        if bad:
+            trial.set_user_attr("skipped", f"uses damaged checkpoint epochs {bad}")
+            raise optuna.TrialPruned(f"uses damaged checkpoint epochs {bad}")
         metrics = evaluate_state(model, assemble_state(root, recipe, spec), val, tasks, device)
+        crash_point(f"crossover:trial:{_n_complete(study)}")  # evaluated, not yet told
         trial.set_user_attr("val_acc", metrics["acc"])
         trial.set_user_attr("val_task_metrics", json_safe(metrics["task_metrics"]))
         logger.info("crossover trial %d: %s -> val loss %.4f acc %.4f", trial.number, recipe,
                     metrics["loss"], metrics["acc"])
         return metrics["loss"]
 
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if done < n_trials:
+    # Pruned trials (damaged epochs) do not count: top up until n_trials completed, with a
+    # bound so a search space that is mostly damaged cannot loop for ever.
+    for _ in range(10):
+        done = _n_complete(study)
+        if done >= n_trials:
+            break
         study.optimize(objective, n_trials=n_trials - done, catch=(), show_progress_bar=progress)

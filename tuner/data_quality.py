@@ -217,6 +217,10 @@ def stratified_split(
         "ks_val_vs_train": ks_statistic(lengths["val"], lengths["train"]),
         "ks_test_vs_train": ks_statistic(lengths["test"], lengths["train"]),
     }
+    if small:
+        logger.warning("%d class(es) have too few rows for val/test and stay in train only: %s",
+                       len(small), ", ".join(f"{c['label']!r} ({c['count']} row"
+                                             f"{'s' if c['count'] != 1 else ''})" for c in small[:10]))
     return train, val, test, stats
 
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from model.groups import GroupSpec
 from model.tasks import TaskSpec
 from model.training import EncodedData, evaluate
-from storage import Session, atomic_write_bytes, json_safe
+from storage import Session, atomic_write_bytes, crash_point, json_safe
 from storage.checkpoints import EMA_FILE, checkpoint_dir, load_tensors, verify_file
 
 from .crossover import assemble_state
@@ -133,6 +133,7 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
     splits = {"val": val, **({"test": test} if len(test) else {})}
     rows = []
     for cand in tqdm(candidates, desc="test table", unit="candidate", disable=not progress):
+        crash_point(f"final:{cand.name}")
         if cand.single_model:
             state = cand.state()
             model.load_state_dict(state, strict=True)

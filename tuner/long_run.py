@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from model.groups import GroupSpec
 from model.tasks import TaskSpec
 from model.training import EncodedData, TrainConfig, build_engine, run_epoch, steps_per_epoch
-from storage import Session, json_safe
+from storage import Session, crash_point, json_safe
 from storage.checkpoints import CheckpointError, read_resume, restore_engine, save_checkpoint, save_resume
 
 from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, is_gone, worker_id
@@ -154,6 +154,7 @@ def run_long_run(
                initial=start - 1, total=cfg.epochs, disable=not train_cfg.progress)
     for epoch in bar:
         metrics = json_safe(run_epoch(engine, train, val, epoch))
+        crash_point(f"long:epoch={epoch}")  # trained, nothing written yet
         history.append(metrics)
         if epoch % cfg.checkpoint_every == 0:
             _write_checkpoint(root, epoch, engine, spec, metrics, history, cfg, checkpoints, session)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from model.tasks import TaskSpec
 from model.training import EncodedData, TrainConfig, build_engine, evaluate, run_epoch, steps_per_epoch
-from storage import Session, json_safe
+from storage import Session, crash_point, json_safe
 
 from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, is_gone, worker_id
 from .pruning import INITIAL_ATTR, PruneRule, SweepPruner
@@ -177,6 +177,7 @@ def _train_trial(trial: optuna.Trial, lr: float, cfg: SweepConfig, train_cfg: Tr
     history: list[dict] = []
     for epoch in range(1, cfg.epochs + 1):
         metrics = run_epoch(engine, train, val, epoch)
+        crash_point(f"sweep:lr={lr:g}:epoch={epoch}")  # trained, not yet reported
         history.append(json_safe(metrics))
         trial.set_user_attr(epoch_attr(epoch), history[-1])
         trial.report(metrics["val_loss"], epoch)

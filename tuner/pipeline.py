@@ -24,10 +24,21 @@ from optuna_dashboard import save_note
 from model import ByteTokenizer, GroupSpec, preset_config
 from model.plugin import build
 from model.training import TrainConfig
-from storage import Dataset, Session, json_safe, list_checkpoints, load_embedded, load_file, read_json
+from storage import (
+    CheckpointError,
+    Dataset,
+    Session,
+    crash_point,
+    json_safe,
+    list_checkpoints,
+    load_embedded,
+    load_file,
+    read_json,
+    verify_checkpoint,
+)
 from storage.studies import create_storage, dashboard_command, default_storage_url, mask_url
 
-from .crossover import ResumableTPESampler, best_single_epoch, run_crossover_study
+from .crossover import ResumableTPESampler, best_recipe, best_single_epoch, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
 from .data_quality import remove_leakage, remove_near_duplicates, stratified_split
 from .final import build_candidates, build_test_table, write_final_model
@@ -64,6 +75,7 @@ class PipelineConfig:
     selection_method: str = "normalized"
     overfit: OverfitConfig = field(default_factory=OverfitConfig)
     crossover_trials: int = 30
+    stop_after: int = 4  # the last phase to run (0-4)
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -74,6 +86,8 @@ class PipelineConfig:
             raise ValueError(f"val_ratio must be in (0, 1), got {self.val_ratio!r}")
         if not 0 <= self.test_ratio < 1:
             raise ValueError(f"test_ratio must be in [0, 1), got {self.test_ratio!r}")
+        if self.stop_after not in range(5):
+            raise ValueError(f"stop_after must be a phase 0-4, got {self.stop_after!r}")
         if self.crossover_trials < 0:
             raise ValueError(f"crossover_trials must be >= 0, got {self.crossover_trials!r}")
         if not 0 < self.dedup_threshold <= 1:
@@ -146,6 +160,15 @@ def prepare_data(dataset: Dataset, cfg: PipelineConfig, session: Session) -> dic
     return splits
 
 
+def _log_truncation(dataset: Dataset, tokenizer: ByteTokenizer) -> None:
+    limit = tokenizer.max_length - 1  # one id is the CLS token
+    long = [len(r[dataset.text_field].encode("utf-8")) for r in dataset.records]
+    over = [n for n in long if n > limit]
+    if over:
+        logger.info("%d of %d texts are longer than %d bytes and are truncated (longest %d bytes)",
+                    len(over), len(long), limit, max(over))
+
+
 def _build_fn(cfg: PipelineConfig, dataset: Dataset, max_length: int):
     """Model factory with fixed initial weights: every call returns the same model."""
     def build_fn():
@@ -166,6 +189,15 @@ def storage_url(cfg: PipelineConfig) -> str:
 
 def run(cfg: PipelineConfig) -> dict:
     """Run every phase; rerunning the same config resumes. Returns the long run summary."""
+    # Everything a user can get wrong is checked before anything is written: the data,
+    # the model, the backup dir and the storage; phase 0 fails before it writes.
+    dataset = load_data(cfg)
+    max_length = _model_max_length(cfg)
+    build_fn = _build_fn(cfg, dataset, max_length)
+    model, _ = build_fn()  # a bad --model or preset fails here, before any trial starts
+    logger.info("model: %s with %d parameters", cfg.model or f"RedHeart {cfg.preset}",
+                sum(p.numel() for p in model.parameters()))
+    del model
     session = Session.create(cfg.backup_dir, cfg.study)
     url = storage_url(cfg)
     storage = create_storage(url)
@@ -173,32 +205,35 @@ def run(cfg: PipelineConfig) -> dict:
     logger.info("watch it live: %s", dashboard_command(url, session.path(ARTIFACT_DIR)))
 
     # -- phase 0: data quality
-    dataset = load_data(cfg)
+    crash_point("phase:0")
     splits = prepare_data(dataset, cfg, session)
-    max_length = _model_max_length(cfg)
     tokenizer = ByteTokenizer(max_length)
     train, val = (dataset.encode(splits[k], tokenizer) for k in ("train", "val"))
+    _log_truncation(dataset, tokenizer)
     session.write_json("preprocessing/data_summary.json", {
         "source": dataset.source, "rows_available": dataset.total_rows,
         "rows_sampled": len(dataset.records),
         "split": {k: len(v) for k, v in splits.items()},
         "tasks": [asdict(f) | {"classes": list(f.classes)} for f in dataset.fields],
     })
-    build_fn = _build_fn(cfg, dataset, max_length)
-    model, _ = build_fn()  # a bad --model or preset fails here, before any trial starts
-    logger.info("model: %s with %d parameters", cfg.model or f"RedHeart {cfg.preset}",
-                sum(p.numel() for p in model.parameters()))
-    del model
+    if cfg.stop_after == 0:
+        logger.info("stopping after phase 0 (--stop-after 0)")
+        return {}
 
     # -- phase 1: LR sweep, then selection
+    crash_point("phase:1")
     start = time.perf_counter()
     sweep_study = open_sweep_study(storage, f"{cfg.study}-lr-sweep", cfg.sweep, cfg.train.seed)
     run_lr_sweep(sweep_study, cfg.sweep, cfg.train, build_fn, train, val, dataset.tasks,
                  cfg.device, session)
     report = write_selection(sweep_study, cfg, session)
     logger.info("phase 1 done in %.0f s: %s", time.perf_counter() - start, report["selection_reason"])
+    if cfg.stop_after == 1:
+        logger.info("stopping after phase 1 (--stop-after 1)")
+        return {}
 
     # -- phase 2: the long run
+    crash_point("phase:2")
     start = time.perf_counter()
     long_study = optuna.create_study(study_name=f"{cfg.study}-long-run", storage=storage,
                                      direction="minimize", load_if_exists=True)
@@ -209,15 +244,23 @@ def run(cfg: PipelineConfig) -> dict:
         return {}
     logger.info("phase 2 done in %.0f s: best epoch %d (val loss %.4f)", time.perf_counter() - start,
                 summary["best_epoch"], summary["best_val_loss"])
+    if cfg.stop_after == 2:
+        logger.info("stopping after phase 2 (--stop-after 2)")
+        return summary
 
     # -- phase 3: overfitting point and sweet spots (metrics only, no weights loaded)
+    crash_point("phase:3")
     _, spec = build_fn()
     analysis = analyze_long_run(long_study, spec, cfg.overfit, session)
     logger.info("phase 3: overfitting point %s (%s); sweet spots %s", analysis["overfitting_point"],
                 analysis["decided_by"],
                 {g: v["epoch"] for g, v in analysis["sweet_spots"].items()})
+    if cfg.stop_after == 3:
+        logger.info("stopping after phase 3 (--stop-after 3)")
+        return summary
 
     # -- phase 4: crossover search on val, then the test table nothing above has seen
+    crash_point("phase:4")
     start = time.perf_counter()
     test = dataset.encode(splits["test"], tokenizer)
     results = run_phase4(cfg, storage, session, spec, analysis, long_study, report, build_fn,
@@ -246,9 +289,11 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, sessio
     study = optuna.create_study(study_name=f"{cfg.study}-crossover", storage=storage,
                                 direction="minimize", load_if_exists=True,
                                 sampler=ResumableTPESampler(cfg.train.seed))
-    run_crossover_study(study, root, spec, checkpoints, first, model, val, tasks,
-                        cfg.crossover_trials + distinct, cfg.device, progress=cfg.train.progress)
-    optimized = {g: int(e) for g, e in study.best_params.items()}
+    damaged = {int(e) for e in analysis["skipped_checkpoints"]}
+    run_crossover_study(study, root, spec, sorted({*checkpoints, *damaged}), first, model, val,
+                        tasks, cfg.crossover_trials + distinct, cfg.device,
+                        progress=cfg.train.progress, damaged=damaged)
+    optimized, best_value = best_recipe(study, damaged)
     candidates = build_candidates(root, spec, history, checkpoints, single, sweet, optimized,
                                   model, val, tasks, cfg.device)
     table = build_test_table(model, candidates, val, test, tasks, cfg.device, cfg.train.progress)
@@ -265,12 +310,13 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, sessio
         "training_complete": True,
         "overfitting_point": analysis["overfitting_point"],
         "crossover_recipe": recipe,
-        "crossover_best_val_loss": study.best_value,
+        "crossover_best_val_loss": best_value,
+        "skipped_checkpoints": analysis["skipped_checkpoints"],
         "test_table": table,
     }
     results = _with_stable_timestamp(session.path("final_results.json"), results)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    search = {"n_complete": len(complete), "best_value": study.best_value,
+    search = {"n_complete": len(complete), "best_value": best_value,
               "best_params": optimized,
               "trials": [{"number": t.number, "value": t.value,
                           "queued": "fixed_params" in t.system_attrs} for t in complete]}
@@ -295,15 +341,41 @@ def _with_stable_timestamp(path: Path, payload: dict) -> dict:
     return payload | {"timestamp": datetime.now(UTC).isoformat()}
 
 
+def intact_checkpoints(root: Path, spec: GroupSpec) -> tuple[list[int], dict[int, str]]:
+    """Saved checkpoint epochs whose every file matches its manifest (size and sha256) and
+    whose manifest covers every group; the damaged ones with the reason, logged."""
+    intact, skipped = [], {}
+    for epoch in list_checkpoints(root):
+        folder = root / f"epoch_{epoch:03d}"
+        try:
+            manifest = verify_checkpoint(folder)
+            groups = {info.get("group") for info in manifest.get("files", {}).values()}
+            if manifest.get("epoch") != epoch:
+                raise CheckpointError(f"{folder}: the manifest says epoch {manifest.get('epoch')!r}")
+            if not set(spec.groups) <= groups:
+                raise CheckpointError(f"{folder}: the manifest lists no file for groups "
+                                      f"{sorted(set(spec.groups) - groups)}")
+        except CheckpointError as e:
+            logger.warning("checkpoint epoch %d is damaged and skipped: %s", epoch, e)
+            skipped[epoch] = str(e)
+            continue
+        intact.append(epoch)
+    return intact, skipped
+
+
 def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfig,
                      session: Session) -> dict:
     """Phase 3 over the long run's epoch reports; writes analysis/sweet_spot_analysis.json."""
     trial = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))[0]
     history = history_of(trial)
-    saved = set(list_checkpoints(session.path("checkpoints")))
-    checkpoints = [h["epoch"] for h in history if h["epoch"] in saved]
+    intact, skipped = intact_checkpoints(session.path("checkpoints"), spec)
+    checkpoints = [h["epoch"] for h in history if h["epoch"] in intact]
+    if not checkpoints:
+        raise CheckpointError(f"{session.path('checkpoints')}: no intact checkpoint to analyze "
+                              f"({len(skipped)} damaged)")
     losses = dict(spec.group_losses) or {g: ("fused",) for g in spec.groups}
     analysis = find_sweet_spots(history, checkpoints, losses, spec.independent, overfit)
+    analysis["skipped_checkpoints"] = {str(e): why for e, why in skipped.items()}
     session.write_json("analysis/sweet_spot_analysis.json", analysis)
     return analysis
 

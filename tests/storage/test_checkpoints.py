@@ -93,16 +93,6 @@ def test_resuming_from_the_state_equals_an_unbroken_run(tmp_path, embedded_small
     assert unbroken.scheduler.state_dict() == resumed.scheduler.state_dict()
 
 
-def test_a_resume_state_cut_short_is_refused(tmp_path, embedded_small):
-    _, data = embedded_small
-    engine = _engine(data)
-    save_resume(tmp_path, 3, engine, {})
-    f = next(tmp_path.glob("state_epoch_003.safetensors"))
-    f.write_bytes(f.read_bytes()[:-100])
-    with pytest.raises(CheckpointError, match="does not match its sha256"):
-        read_resume(tmp_path)
-
-
 def test_a_pickle_where_a_checkpoint_belongs_is_refused_without_running(tmp_path):
     import pickle
 
@@ -118,10 +108,54 @@ def test_a_pickle_where_a_checkpoint_belongs_is_refused_without_running(tmp_path
     assert not marker.exists()
 
 
-def test_only_the_newest_resume_state_is_kept(tmp_path, embedded_small):
-    _, data = embedded_small
+def _three_states(folder, data):
     engine = _engine(data)
     for epoch in (1, 2, 3):
-        save_resume(tmp_path, epoch, engine, {})
-    assert [p.name for p in tmp_path.glob("state_epoch_*")] == ["state_epoch_003.safetensors"]
+        train_one_epoch(engine, data, epoch)
+        save_resume(folder, epoch, engine, {"history": [{"epoch": e} for e in range(1, epoch + 1)]})
+    return engine
+
+
+def test_the_two_newest_resume_states_are_kept(tmp_path, embedded_small):
+    _, data = embedded_small
+    _three_states(tmp_path, data)
+    assert sorted(p.name for p in tmp_path.glob("state_epoch_*")) == [
+        "state_epoch_002.json", "state_epoch_002.safetensors",
+        "state_epoch_003.json", "state_epoch_003.safetensors"]
     assert read_resume(tmp_path).epoch == 3
+
+
+def _cut(f):
+    f.write_bytes(f.read_bytes()[:-100])
+
+
+def _flip(f):
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: _cut(d / "state_epoch_003.safetensors"), "bytes, state_epoch_003.json says"),
+    (lambda d: _flip(d / "state_epoch_003.safetensors"), "sha256 differs from state_epoch_003.json"),
+    (lambda d: (d / "state_epoch_003.safetensors").unlink(), "resume state unreadable"),
+    (lambda d: _cut(d / "state_epoch_003.json"), "resume state unreadable (JSONDecodeError)"),
+])
+def test_a_damaged_newest_resume_state_falls_back_to_the_one_before(tmp_path, embedded_small, caplog,
+                                                                    damage, message):
+    _, data = embedded_small
+    _three_states(tmp_path, data)
+    damage(tmp_path)
+    state = read_resume(tmp_path)
+    assert state.epoch == 2 and state.meta["history"] == [{"epoch": 1}, {"epoch": 2}]
+    assert message in caplog.text and "newest intact state, epoch 2" in caplog.text
+
+
+def test_no_intact_resume_state_is_an_error_naming_each_file(tmp_path, embedded_small):
+    _, data = embedded_small
+    _three_states(tmp_path, data)
+    _cut(tmp_path / "state_epoch_003.safetensors")
+    _flip(tmp_path / "state_epoch_002.safetensors")
+    with pytest.raises(CheckpointError, match="no intact resume state") as e:
+        read_resume(tmp_path)
+    assert "state_epoch_003" in str(e.value) and "state_epoch_002" in str(e.value)

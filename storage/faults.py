@@ -1,0 +1,40 @@
+"""Named crash points, so the crash-matrix test can SIGKILL a run at exact places.
+
+Off (one dict lookup) unless an environment variable asks for it:
+
+- ``REDHEART_CRASH_TRACE=<file>``: append every point reached, one ``label#n`` per line
+  (``n``: the n-th time this process reached ``label``), so a test can pick points from
+  an unbroken run;
+- ``REDHEART_CRASH_AT=<label#n>``: SIGKILL this process when it reaches that point.
+
+SIGKILL, not an exception: nothing is flushed, closed or cleaned up, as in a power cut
+or the OOM killer. Points sit where a crash hurts most: half-way through writing a file,
+between an epoch's training and its report, inside a crossover trial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+TRACE_ENV = "REDHEART_CRASH_TRACE"
+CRASH_ENV = "REDHEART_CRASH_AT"
+
+_counts: Counter[str] = Counter()
+
+
+def crash_point(label: str) -> None:
+    trace, target = os.environ.get(TRACE_ENV), os.environ.get(CRASH_ENV)
+    if not trace and not target:
+        return
+    _counts[label] += 1
+    key = f"{label}#{_counts[label]}"
+    if trace:
+        with open(trace, "a", encoding="utf-8") as fh:
+            fh.write(key + "\n")
+    if key == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+__all__ = ["CRASH_ENV", "TRACE_ENV", "crash_point"]
