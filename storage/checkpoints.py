@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -216,7 +216,11 @@ def _read_state(folder: Path, meta_path: Path) -> ResumeState:
         raise CheckpointError(f"{path}: {len(data)} bytes, {meta_path.name} says {meta['bytes']}")
     if sha256_bytes(data) != meta["sha256"]:
         raise CheckpointError(f"{path}: sha256 differs from {meta_path.name}")
-    return ResumeState(meta["epoch"], st_load(data), meta)
+    try:
+        tensors = st_load(data)
+    except SafetensorError as e:  # e.g. a pickle where a state belongs: refused, never run
+        raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
+    return ResumeState(meta["epoch"], tensors, meta)
 
 
 def read_resume(folder: Path) -> ResumeState | None:

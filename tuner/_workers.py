@@ -19,20 +19,30 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def trial_is_gone(t, stale_after_s: float) -> bool:
+    """``is_gone`` for a (frozen) RUNNING trial."""
+    started = t.datetime_start.timestamp() if t.datetime_start is not None else None
+    return is_gone(t.user_attrs.get(WORKER_ATTR), t.user_attrs.get(HEARTBEAT_ATTR), stale_after_s,
+                   started)
+
+
 def worker_id() -> str:
     """host:pid:start-time of this process."""
     pid = os.getpid()
     return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
 
 
-def is_gone(worker: str | None, heartbeat: float | None, stale_after_s: float) -> bool:
+def is_gone(worker: str | None, heartbeat: float | None, stale_after_s: float,
+            started: float | None = None) -> bool:
     """True when the worker that owns a RUNNING trial can no longer finish it.
 
     On this host: its process is dead (or the pid was reused). On another host: its
-    last heartbeat is older than ``stale_after_s``.
+    last heartbeat is older than ``stale_after_s``. A trial that has no worker yet (just
+    taken by a live process) is gone only when it started ``stale_after_s`` ago.
     """
     if not worker:
-        return heartbeat is None or time.time() - heartbeat > stale_after_s
+        last = heartbeat if heartbeat is not None else started
+        return last is None or time.time() - last > stale_after_s
     host, _, rest = worker.partition(":")
     pid_text, _, started = rest.partition(":")
     if host != socket.gethostname():

@@ -29,7 +29,7 @@ from model.training import EncodedData, TrainConfig, build_engine, run_epoch, st
 from storage import Session, crash_point, json_safe
 from storage.checkpoints import CheckpointError, read_resume, restore_engine, save_checkpoint, save_resume
 
-from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, is_gone, worker_id
+from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, is_gone, trial_is_gone, worker_id
 from .lr_sweep import epoch_attr
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,23 @@ def progress_report(epoch: int, total_epochs: int, checkpoints: Sequence[int],
     }
 
 
+PHASE4_ATTR = "phase4_worker"  # long-run study user attr: who runs phases 3 and 4
+
+
+def claim_phase4(study: optuna.Study, stale_after_s: float) -> str | None:
+    """Take phases 3 and 4 unless another live worker has them; returns that worker's id,
+    or None when this process now owns them."""
+    owner = study.user_attrs.get(PHASE4_ATTR)
+    if owner and owner != worker_id() and not is_gone(owner, None, stale_after_s):
+        return owner
+    study.set_user_attr(PHASE4_ATTR, worker_id())
+    return None
+
+
+def release_phase4(study: optuna.Study) -> None:
+    study.set_user_attr(PHASE4_ATTR, None)
+
+
 def _claim_trial(study: optuna.Study, lr: float, stale_after_s: float) -> optuna.Trial | None:
     """The RUNNING trial a dead process left (adopted), a new one, or None when another
     live worker runs it or it is complete."""
@@ -110,8 +127,7 @@ def _claim_trial(study: optuna.Study, lr: float, stale_after_s: float) -> optuna
         if t.state == TrialState.COMPLETE:
             return None
         if t.state == TrialState.RUNNING:
-            if not is_gone(t.user_attrs.get(WORKER_ATTR), t.user_attrs.get(HEARTBEAT_ATTR),
-                           stale_after_s):
+            if not trial_is_gone(t, stale_after_s):
                 logger.info("long run: trial %d is running in another live process", t.number)
                 return None
             logger.warning("long run: adopting trial %d left running by a process that is gone",
@@ -121,6 +137,15 @@ def _claim_trial(study: optuna.Study, lr: float, stale_after_s: float) -> optuna
             return trial
     trial = study.ask(fixed_distributions={"lr": FloatDistribution(lr, lr)})
     trial.set_user_attr(WORKER_ATTR, worker_id())
+    # Two workers may ask at the same moment: the lower trial number (creation order) wins.
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
+        if t.number < trial.number and (t.state == TrialState.COMPLETE
+                                        or not trial_is_gone(t, stale_after_s)):
+            trial.set_user_attr("duplicate_of", t.number)
+            study.tell(trial, state=TrialState.FAIL)
+            logger.info("long run: trial %d of another worker came first; this one is done",
+                        t.number)
+            return None
     return trial
 
 
@@ -175,6 +200,7 @@ def run_long_run(
                "final_val_loss": history[-1]["val_loss"], "final_val_acc": history[-1]["val_acc"],
                "training_complete": True}
     trial.set_user_attr("summary", summary)
+    study.set_user_attr(PHASE4_ATTR, worker_id())  # before tell: no window with no owner
     study.tell(trial, best["val_loss"])
     session.write_json("checkpoints/long_run_summary.json", summary)
     return summary
@@ -222,4 +248,5 @@ def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metr
                        progress_report(epoch, cfg.epochs, checkpoints, history))
 
 
-__all__ = ["LongRunConfig", "detailed_metrics", "progress_report", "run_long_run"]
+__all__ = ["PHASE4_ATTR", "LongRunConfig", "claim_phase4", "detailed_metrics", "progress_report",
+           "release_phase4", "run_long_run"]

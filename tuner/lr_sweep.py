@@ -23,7 +23,7 @@ from model.tasks import TaskSpec
 from model.training import EncodedData, TrainConfig, build_engine, evaluate, run_epoch, steps_per_epoch
 from storage import Session, crash_point, json_safe
 
-from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, is_gone, worker_id
+from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, trial_is_gone, worker_id
 from .pruning import INITIAL_ATTR, PruneRule, SweepPruner
 from .selection import final_evaluation
 
@@ -72,7 +72,7 @@ def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> list[optuna.
     """Mark RUNNING trials whose worker is gone as FAIL; returns them."""
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if is_gone(t.user_attrs.get(WORKER_ATTR), t.user_attrs.get(HEARTBEAT_ATTR), stale_after_s):
+        if trial_is_gone(t, stale_after_s):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             logger.warning("%s: trial %d (params %s) was left running by a process that is gone: "
                            "marked failed, its point is retried", study.study_name, t.number, t.params)
@@ -101,6 +101,25 @@ def _mark_grid_point(study: optuna.Study, trial: optuna.Trial, lr: float) -> Non
         storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, "search_space", sampler._search_space)
         storage.set_trial_system_attr(trial._trial_id, "grid_id", sampler._all_grids.index((lr,)))
+
+
+_POLL_S = 2.0
+
+
+class _Duplicate(Exception):
+    """A queued trial whose grid point another trial already has."""
+
+
+def _owner_of(study: optuna.Study, lr: float, number: int, stale_after_s: float) -> int | None:
+    """The trial that owns grid point ``lr`` if it is not trial ``number``: the lowest
+    numbered one that is finished, queued or running in a live process. Trials are
+    numbered in creation order and popped oldest first, so every worker agrees."""
+    for t in study.get_trials(deepcopy=False, states=_TAKEN):
+        if t.number >= number or _trial_lr(t) != lr:
+            continue
+        if t.state != TrialState.RUNNING or not trial_is_gone(t, stale_after_s):
+            return t.number
+    return None
 
 
 def _enqueue_missing(study: optuna.Study, grid: Sequence[float]) -> int:
@@ -138,16 +157,35 @@ def run_lr_sweep(
 
     def objective(trial: optuna.Trial) -> float:
         ran.append(trial._trial_id)
+        trial.set_user_attr(WORKER_ATTR, worker_id())
         lr = trial.suggest_float("lr", min(cfg.lr_grid), max(cfg.lr_grid), log=True)
         _mark_grid_point(study, trial, lr)
-        trial.set_user_attr(WORKER_ATTR, worker_id())
+        owner = _owner_of(study, lr, trial.number, cfg.stale_after_s)
+        if owner is not None:
+            trial.set_user_attr("duplicate_of", owner)
+            raise _Duplicate(f"LR {lr:g} is already taken by trial {owner}")
         return _train_trial(trial, lr, cfg, train_cfg, build, train, val, tasks, device)
 
-    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        # optimize() pops the queued trial; exceptions other than pruning propagate.
-        study.optimize(objective, n_trials=1, catch=())
+    while True:
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       if not trial_is_gone(t, cfg.stale_after_s)]
+            if not running:
+                break
+            # Another worker is running grid points: selection needs them all.
+            logger.info("LR sweep: waiting for %d grid point(s) running in another worker: %s",
+                        len(running), ", ".join(f"LR {_trial_lr(t):g}" for t in running))
+            time.sleep(_POLL_S)
+            continue
+        # optimize() pops the oldest queued trial atomically; a queued duplicate (two
+        # workers queued the same point) ends as FAIL with its duplicate_of attr.
+        study.optimize(objective, n_trials=1, catch=(_Duplicate,))
         frozen = study._storage.get_trial(ran[-1])
         lr = frozen.params["lr"]
+        if frozen.state == TrialState.FAIL:
+            logger.info("LR %g: queued twice; trial %d runs it, trial %d is skipped", lr,
+                        frozen.user_attrs.get("duplicate_of"), frozen.number)
+            continue
         if frozen.state == TrialState.PRUNED:
             logger.info("LR %g pruned: %s", lr, frozen.user_attrs.get("pruned_reason"))
         else:

@@ -42,7 +42,7 @@ from .crossover import ResumableTPESampler, best_recipe, best_single_epoch, run_
 from .dashboard import ARTIFACT_DIR, publish
 from .data_quality import remove_leakage, remove_near_duplicates, stratified_split
 from .final import build_candidates, build_test_table, write_final_model
-from .long_run import LongRunConfig, run_long_run
+from .long_run import LongRunConfig, claim_phase4, release_phase4, run_long_run
 from .lr_sweep import SweepConfig, history_of, open_sweep_study, run_lr_sweep, sweep_outcome
 from .report import crossover_section, sweet_spot_section, test_section, without_images, write_report
 from .selection import SelectionWeights, select_lr
@@ -247,6 +247,10 @@ def run(cfg: PipelineConfig) -> dict:
     if cfg.stop_after == 2:
         logger.info("stopping after phase 2 (--stop-after 2)")
         return summary
+    owner = claim_phase4(long_study, cfg.long_run.stale_after_s)
+    if owner is not None:
+        logger.info("phases 3 and 4 are running in worker %s; this one is done", owner)
+        return {}
 
     # -- phase 3: overfitting point and sweet spots (metrics only, no weights loaded)
     crash_point("phase:3")
@@ -256,6 +260,7 @@ def run(cfg: PipelineConfig) -> dict:
                 analysis["decided_by"],
                 {g: v["epoch"] for g, v in analysis["sweet_spots"].items()})
     if cfg.stop_after == 3:
+        release_phase4(long_study)
         logger.info("stopping after phase 3 (--stop-after 3)")
         return summary
 
@@ -265,6 +270,7 @@ def run(cfg: PipelineConfig) -> dict:
     test = dataset.encode(splits["test"], tokenizer)
     results = run_phase4(cfg, storage, session, spec, analysis, long_study, report, build_fn,
                          val, test, dataset.tasks)
+    release_phase4(long_study)
     recipe = results["crossover_recipe"]
     logger.info("phase 4 done in %.0f s: final model %s (val loss %.4f, test acc %s); report in %s",
                 time.perf_counter() - start, recipe["method"], recipe["val_loss"],
