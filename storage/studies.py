@@ -7,7 +7,9 @@ file while a run writes it (the known "database is locked" complaint).
 from __future__ import annotations
 
 import logging
+import random
 import sqlite3
+import time
 from pathlib import Path
 
 import optuna
@@ -46,6 +48,28 @@ def _enable_wal(path: Path) -> None:
         con.close()
 
 
+_SQLITE_ATTEMPTS = 6
+
+
+def _open_sqlite(url: str, database: str | None, engine_kwargs: dict) -> RDBStorage:
+    """Two workers starting on a new SQLite file race to create its tables (one gets
+    "table already exists", an IntegrityError on the version row or "database is locked"):
+    the loser waits a moment and opens what the winner created."""
+    for attempt in range(_SQLITE_ATTEMPTS):
+        try:
+            if database and database != ":memory:":
+                _enable_wal(Path(database))
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception as e:
+            retry = "sqlalchemy" in type(e).__module__ or isinstance(e, sqlite3.OperationalError)
+            if not retry or attempt == _SQLITE_ATTEMPTS - 1:
+                raise
+            logger.info("storage %s: %s while opening it (another worker creating it?); retrying",
+                        mask_url(url), type(e).__name__)
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
+    raise AssertionError("unreachable")
+
+
 def create_storage(url: str) -> BaseStorage:
     """Open (creating if needed) the storage at ``url``.
 
@@ -61,13 +85,11 @@ def create_storage(url: str) -> BaseStorage:
             return JournalStorage(JournalFileBackend(str(path)))
         parsed = make_url(url)
         engine_kwargs: dict = {}
-        if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                _enable_wal(Path(parsed.database))
-            engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
-        else:
+        if parsed.get_backend_name() != "sqlite":
             engine_kwargs["pool_pre_ping"] = True
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+        return _open_sqlite(url, parsed.database, engine_kwargs)
     except (ArgumentError, ImportError, OSError, sqlite3.Error, optuna.exceptions.StorageInternalError) as e:
         raise ValueError(f"storage {shown} cannot be opened: {type(e).__name__}: "
                          f"{mask_url(str(e)) if '://' in str(e) else e}") from None

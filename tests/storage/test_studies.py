@@ -79,3 +79,29 @@ def test_sqlite_survives_a_reader_polling_from_another_process_during_writes(tmp
     reads, errors = map(int, out.split())
     assert reads > 0 and errors == 0, err
     assert len(study.trials) == 60
+
+
+_OPEN_AT = """
+import sys, time
+from storage.studies import create_storage
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+create_storage("sqlite:///" + sys.argv[1])
+"""
+
+
+def test_two_processes_creating_the_same_new_sqlite_file_both_open_it(tmp_path):
+    """Without the retry, about one start in three lost the table-creation race."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for i in range(4):
+        start = str(time.time() + 1.5)  # both start at the same instant, after the import
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, str(tmp_path / f"n{i}.db"), start],
+                                  cwd=root, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        errs = [p.communicate(timeout=60)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errs
