@@ -139,8 +139,7 @@ def _check_report_and_dashboard(session: Path, storage: str, results: dict) -> N
                     m.filename]["sha256"]
         attrs = study._storage.get_study_system_attrs(study._study_id)
         assert get_note_from_system_attrs(attrs, None)["body"]
-        if name != "s-lr-sweep":
-            assert any(k.startswith("dashboard:plot_data:") for k in attrs), sorted(attrs)
+        assert any(k.startswith("dashboard:plot_data:") for k in attrs), sorted(attrs)
     final = hashlib.sha256((session / "final_results.json").read_bytes()).hexdigest()
     crossover = optuna.load_study(study_name="s-crossover", storage=storage)
     assert crossover.user_attrs["artifacts"]["final_results.json"]["sha256"] == final

@@ -23,7 +23,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna_dashboard import save_note, save_plotly_graph_object
 
-from storage import Session
+from storage import Session, read_json
 
 from .report import relative_group_losses
 
@@ -84,6 +84,24 @@ def learning_curves_figure(analysis: Mapping[str, Any]):
     return fig
 
 
+def selection_figure(selection: Mapping[str, Any]):
+    """The multi-criterion LR scores, stacked by weighted criterion."""
+    import plotly.graph_objects as go
+
+    rows = sorted(selection["detailed_analysis"].items(), key=lambda kv: float(kv[0]))
+    lrs = [f"{float(lr):g}" for lr, _ in rows]
+    weights = {k.removesuffix("_weight"): v for k, v in selection["selection_criteria"].items()}
+    bars = []
+    for key, name in (("val_loss_score", "val_loss"), ("stability_score", "stability"),
+                      ("efficiency_score", "efficiency"), ("overfit_score", "overfit")):
+        w = weights.get(name, 1.0)
+        bars.append(go.Bar(x=lrs, y=[d[key] * w for _, d in rows], name=f"{name} x {w:g}"))
+    fig = go.Figure(bars)
+    fig.update_layout(title=f"LR selection (selected {selection['selected_lr']:g})", barmode="stack",
+                      xaxis_title="LR", yaxis_title="weighted score")
+    return fig
+
+
 def test_table_figure(table: Sequence[Mapping[str, Any]]):
     import plotly.graph_objects as go
 
@@ -102,6 +120,8 @@ def publish(session: Session, sweep: optuna.Study, long_run: optuna.Study, cross
     """Notes, figures and artifacts on the three studies. Returns uploads per study."""
     save_note(long_run, notes["long_run"])
     save_note(crossover, notes["crossover"])
+    selection = read_json(session.path("lr_sweep", "lr_selection_report.json"))
+    save_plotly_graph_object(sweep, selection_figure(selection), graph_object_id="lr-selection")
     save_plotly_graph_object(long_run, learning_curves_figure(analysis),
                              graph_object_id="learning-curves")
     save_plotly_graph_object(crossover, optuna.visualization.plot_optimization_history(crossover),
@@ -125,5 +145,5 @@ def publish(session: Session, sweep: optuna.Study, long_run: optuna.Study, cross
     return uploads
 
 
-__all__ = ["ARTIFACT_DIR", "artifact_store", "learning_curves_figure", "publish",
+__all__ = ["ARTIFACT_DIR", "artifact_store", "learning_curves_figure", "publish", "selection_figure",
            "test_table_figure", "upload_files"]

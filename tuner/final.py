@@ -50,7 +50,7 @@ class Candidate:
     how: dict[str, Any]
     state: Callable[[], State] | None = None
     members: Callable[[], Iterable[State]] | None = None
-    _cache: State | None = field(default=None, repr=False)
+    _cache: State | None = field(default=None, repr=False, init=False)
 
     def __post_init__(self) -> None:
         if (self.state is None) == (self.members is None):

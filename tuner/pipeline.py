@@ -1,19 +1,16 @@
-"""The pipeline: data -> split -> training, each phase writing its evidence.
+"""The pipeline: phases 0 to 4 in order, each writing its evidence.
 
-Phases that exist so far: 0 (near-duplicate removal, the stratified
-length-matched split, the leakage check), 1 (the LR sweep as pruned Optuna trials,
-then the multi-criterion selection) and 2 (the selected LR's long run with modular
-checkpoints) and 3 (overfitting point and per-group sweet spots from the epoch reports).
-Every phase resumes from what the storage and session folder hold.
+0 data quality (``prepare``), 1 the LR sweep and the selection, 2 the long run, 3 the
+overfitting point and sweet spots, 4 the crossover study, ensembles and soups, the test
+table, the final model, the report and the dashboard. Every phase resumes from what the
+storage and the session folder hold.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +20,6 @@ from optuna_dashboard import save_note
 
 from model import ByteTokenizer, GroupSpec, preset_config
 from model.plugin import build
-from model.training import TrainConfig
 from storage import (
     CheckpointError,
     Dataset,
@@ -31,142 +27,23 @@ from storage import (
     crash_point,
     json_safe,
     list_checkpoints,
-    load_embedded,
-    load_file,
     read_json,
     verify_checkpoint,
 )
 from storage.studies import create_storage, dashboard_command, default_storage_url, mask_url
 
+from .config import PipelineConfig
 from .crossover import ResumableTPESampler, best_recipe, best_single_epoch, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
-from .data_quality import remove_leakage, remove_near_duplicates, stratified_split
 from .final import build_candidates, build_test_table, write_final_model
-from .long_run import LongRunConfig, claim_phase4, release_phase4, run_long_run
-from .lr_sweep import SweepConfig, history_of, open_sweep_study, run_lr_sweep, sweep_outcome
+from .long_run import claim_phase4, release_phase4, run_long_run
+from .lr_sweep import history_of, open_sweep_study, run_lr_sweep, sweep_outcome
+from .prepare import load_data, log_truncation, prepare_data
 from .report import crossover_section, sweet_spot_section, test_section, without_images, write_report
-from .selection import SelectionWeights, select_lr
+from .selection import select_lr
 from .sweet_spot import OverfitConfig, find_sweet_spots
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    study: str = "redheart"
-    backup_dir: str = "runs"
-    data: str | None = None  # None: the embedded kaomoji corpus
-    text_field: str = "text"
-    label_fields: tuple[str, ...] = ("label",)
-    max_samples: int | None = 10_000
-    preset: str = "tiny"
-    model: str | None = None  # package.module:factory
-    max_length: int | None = None  # None: the preset's
-    device: str = "cpu"
-    storage: str | None = None  # None: sqlite:///<backup_dir>/<study>.db
-    val_ratio: float = 0.1
-    test_ratio: float = 0.1
-    dedup_threshold: float = 0.92
-    conflict_policy: str = "keep_first"  # or "drop_group"
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    long_run: LongRunConfig = field(default_factory=LongRunConfig)
-    selection_weights: SelectionWeights = field(default_factory=SelectionWeights)
-    selection_method: str = "normalized"
-    overfit: OverfitConfig = field(default_factory=OverfitConfig)
-    crossover_trials: int = 30
-    stop_after: int = 4  # the last phase to run (0-4)
-
-    def __post_init__(self) -> None:
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, got {self.max_samples!r}")
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {self.max_length!r}")
-        if not 0 < self.val_ratio < 1:
-            raise ValueError(f"val_ratio must be in (0, 1), got {self.val_ratio!r}")
-        if not 0 <= self.test_ratio < 1:
-            raise ValueError(f"test_ratio must be in [0, 1), got {self.test_ratio!r}")
-        if self.stop_after not in range(5):
-            raise ValueError(f"stop_after must be a phase 0-4, got {self.stop_after!r}")
-        if self.crossover_trials < 0:
-            raise ValueError(f"crossover_trials must be >= 0, got {self.crossover_trials!r}")
-        if not 0 < self.dedup_threshold <= 1:
-            raise ValueError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold!r}")
-        if self.conflict_policy not in ("keep_first", "drop_group"):
-            raise ValueError(f"conflict_policy must be keep_first or drop_group, got "
-                             f"{self.conflict_policy!r}")
-        if self.val_ratio + self.test_ratio >= 1:
-            raise ValueError(f"val_ratio + test_ratio must be < 1, got "
-                             f"{self.val_ratio!r} + {self.test_ratio!r}")
-
-
-def load_data(cfg: PipelineConfig) -> Dataset:
-    if cfg.data is None:
-        return load_embedded(cfg.max_samples, cfg.train.seed)
-    return load_file(cfg.data, cfg.text_field, cfg.label_fields, max_samples=cfg.max_samples,
-                     seed=cfg.train.seed)
-
-
-def _phase0_key(dataset: Dataset, cfg: PipelineConfig) -> str:
-    """sha256 of the input rows and every setting phase 0 depends on."""
-    h = hashlib.sha256()
-    h.update(json.dumps(dataset.records, sort_keys=True, ensure_ascii=False).encode("utf-8"))
-    h.update(json.dumps({"threshold": cfg.dedup_threshold, "policy": cfg.conflict_policy,
-                         "val": cfg.val_ratio, "test": cfg.test_ratio, "seed": cfg.train.seed,
-                         "text": dataset.text_field, "label": dataset.fields[0].field,
-                         "version": 1}).encode())
-    return h.hexdigest()
-
-
-def prepare_data(dataset: Dataset, cfg: PipelineConfig, session: Session) -> dict[str, list[dict]]:
-    """Phase 0: dedup, split, leakage check; evidence in <session>/preprocessing/.
-
-    Reuses the stored split when the input and settings hash the same.
-    """
-    state_path = session.path("preprocessing", "phase0_state.json")
-    key = _phase0_key(dataset, cfg)
-    if state_path.exists():
-        state = read_json(state_path)
-        if state.get("key") == key:
-            logger.info("phase 0: input and settings unchanged (sha256 %s...): reusing the split",
-                        key[:12])
-            return {name: [dataset.records[i] for i in idx] for name, idx in state["splits"].items()}
-        logger.info("phase 0: input or settings changed: recomputing")
-
-    text_key, label_key = dataset.text_field, dataset.fields[0].field
-    kept, dup_stats = remove_near_duplicates(dataset.records, cfg.dedup_threshold, text_key,
-                                             label_key, cfg.conflict_policy, cfg.train.progress)
-    if len(kept) < 3:
-        raise ValueError(f"{dataset.source}: {len(kept)} rows are left after near-duplicate "
-                         f"removal (threshold {cfg.dedup_threshold}); need at least 3")
-    train, val, test, split_stats = stratified_split(kept, cfg.val_ratio, cfg.test_ratio,
-                                                     cfg.train.seed, label_key, text_key)
-    val, val_leak = remove_leakage(train, val, cfg.dedup_threshold, text_key, "val")
-    test, test_leak = remove_leakage(train, test, cfg.dedup_threshold, text_key, "test")
-    if not train or not val:
-        raise ValueError(f"{dataset.source}: {len(kept)} rows after dedup are too few for a "
-                         f"train/val split with val_ratio {cfg.val_ratio}")
-    split_stats.update({"leakage": {"val": val_leak, "test": test_leak},
-                        "leakage_detected": val_leak["removed"] + test_leak["removed"],
-                        "val_count": len(val), "test_count": len(test)})
-    session.write_json("preprocessing/duplicate_removal_stats.json",
-                       {**dup_stats, "source": dataset.source, "input_sha256": key})
-    session.write_json("preprocessing/split_stats.json", split_stats)
-    position = {id(r): i for i, r in enumerate(dataset.records)}
-    splits = {"train": train, "val": val, "test": test}
-    # Written last: a crash before this line recomputes phase 0 on the next run.
-    session.write_json("preprocessing/phase0_state.json", {
-        "key": key, "splits": {k: [position[id(r)] for r in v] for k, v in splits.items()}})
-    return splits
-
-
-def _log_truncation(dataset: Dataset, tokenizer: ByteTokenizer) -> None:
-    limit = tokenizer.max_length - 1  # one id is the CLS token
-    long = [len(r[dataset.text_field].encode("utf-8")) for r in dataset.records]
-    over = [n for n in long if n > limit]
-    if over:
-        logger.info("%d of %d texts are longer than %d bytes and are truncated (longest %d bytes)",
-                    len(over), len(long), limit, max(over))
 
 
 def _build_fn(cfg: PipelineConfig, dataset: Dataset, max_length: int):
@@ -209,7 +86,7 @@ def run(cfg: PipelineConfig) -> dict:
     splits = prepare_data(dataset, cfg, session)
     tokenizer = ByteTokenizer(max_length)
     train, val = (dataset.encode(splits[k], tokenizer) for k in ("train", "val"))
-    _log_truncation(dataset, tokenizer)
+    log_truncation(dataset, tokenizer)
     session.write_json("preprocessing/data_summary.json", {
         "source": dataset.source, "rows_available": dataset.total_rows,
         "rows_sampled": len(dataset.records),

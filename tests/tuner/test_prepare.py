@@ -8,7 +8,8 @@ import pytest
 
 from model.training import TrainConfig
 from storage import Session, load_file
-from tuner.pipeline import PipelineConfig, prepare_data
+from tuner.config import PipelineConfig
+from tuner.prepare import prepare_data
 
 
 def _dataset(tmp_path, rows):
@@ -37,14 +38,14 @@ def test_phase0_writes_its_evidence_and_reuses_it_on_a_rerun(tmp_path, caplog):
     assert "ks_val_vs_train" in split and split["leakage"]["val"]["removed"] == 0
     stamps = {p.name: p.stat().st_mtime_ns for p in session.path("preprocessing").iterdir()}
 
-    with caplog.at_level(logging.INFO, logger="tuner.pipeline"):
+    with caplog.at_level(logging.INFO, logger="tuner.prepare"):
         again = prepare_data(dataset, cfg, session)
     assert "reusing the split" in caplog.text
     assert again == splits
     assert stamps == {p.name: p.stat().st_mtime_ns for p in session.path("preprocessing").iterdir()}
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="tuner.pipeline"):
+    with caplog.at_level(logging.INFO, logger="tuner.prepare"):
         prepare_data(dataset, replace(cfg, dedup_threshold=0.99), session)
     assert "recomputing" in caplog.text
     dup = json.loads(session.path("preprocessing", "duplicate_removal_stats.json").read_text())

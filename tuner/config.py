@@ -1,0 +1,64 @@
+"""The pipeline's settings: one typed, validated config per concern, gathered here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from model.training import TrainConfig
+
+from .long_run import LongRunConfig
+from .lr_sweep import SweepConfig
+from .selection import SelectionWeights
+from .sweet_spot import OverfitConfig
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    study: str = "redheart"
+    backup_dir: str = "runs"
+    data: str | None = None  # None: the embedded kaomoji corpus
+    text_field: str = "text"
+    label_fields: tuple[str, ...] = ("label",)
+    max_samples: int | None = 10_000
+    preset: str = "tiny"
+    model: str | None = None  # package.module:factory
+    max_length: int | None = None  # None: the preset's
+    device: str = "cpu"
+    storage: str | None = None  # None: sqlite:///<backup_dir>/<study>.db
+    val_ratio: float = 0.1
+    test_ratio: float = 0.1
+    dedup_threshold: float = 0.92
+    conflict_policy: str = "keep_first"  # or "drop_group"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    long_run: LongRunConfig = field(default_factory=LongRunConfig)
+    selection_weights: SelectionWeights = field(default_factory=SelectionWeights)
+    selection_method: str = "normalized"
+    overfit: OverfitConfig = field(default_factory=OverfitConfig)
+    crossover_trials: int = 30
+    stop_after: int = 4  # the last phase to run (0-4)
+
+    def __post_init__(self) -> None:
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {self.max_samples!r}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length!r}")
+        if not 0 < self.val_ratio < 1:
+            raise ValueError(f"val_ratio must be in (0, 1), got {self.val_ratio!r}")
+        if not 0 <= self.test_ratio < 1:
+            raise ValueError(f"test_ratio must be in [0, 1), got {self.test_ratio!r}")
+        if self.stop_after not in range(5):
+            raise ValueError(f"stop_after must be a phase 0-4, got {self.stop_after!r}")
+        if self.crossover_trials < 0:
+            raise ValueError(f"crossover_trials must be >= 0, got {self.crossover_trials!r}")
+        if not 0 < self.dedup_threshold <= 1:
+            raise ValueError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold!r}")
+        if self.conflict_policy not in ("keep_first", "drop_group"):
+            raise ValueError(f"conflict_policy must be keep_first or drop_group, got "
+                             f"{self.conflict_policy!r}")
+        if self.val_ratio + self.test_ratio >= 1:
+            raise ValueError(f"val_ratio + test_ratio must be < 1, got "
+                             f"{self.val_ratio!r} + {self.test_ratio!r}")
+
+
+__all__ = ["PipelineConfig"]

@@ -1,0 +1,89 @@
+"""Phase 0 for the pipeline: load the data, then dedup, split and check leakage, with the
+evidence in ``<session>/preprocessing/``; a rerun on the same input and settings reuses
+the stored split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from model import ByteTokenizer
+from storage import Dataset, Session, load_embedded, load_file, read_json
+
+from .config import PipelineConfig
+from .data_quality import remove_leakage, remove_near_duplicates, stratified_split
+
+logger = logging.getLogger(__name__)
+
+
+def load_data(cfg: PipelineConfig) -> Dataset:
+    if cfg.data is None:
+        return load_embedded(cfg.max_samples, cfg.train.seed)
+    return load_file(cfg.data, cfg.text_field, cfg.label_fields, max_samples=cfg.max_samples,
+                     seed=cfg.train.seed)
+
+
+def _phase0_key(dataset: Dataset, cfg: PipelineConfig) -> str:
+    """sha256 of the input rows and every setting phase 0 depends on."""
+    h = hashlib.sha256()
+    h.update(json.dumps(dataset.records, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    h.update(json.dumps({"threshold": cfg.dedup_threshold, "policy": cfg.conflict_policy,
+                         "val": cfg.val_ratio, "test": cfg.test_ratio, "seed": cfg.train.seed,
+                         "text": dataset.text_field, "label": dataset.fields[0].field,
+                         "version": 1}).encode())
+    return h.hexdigest()
+
+
+def prepare_data(dataset: Dataset, cfg: PipelineConfig, session: Session) -> dict[str, list[dict]]:
+    """Phase 0: dedup, split, leakage check; evidence in <session>/preprocessing/.
+
+    Reuses the stored split when the input and settings hash the same.
+    """
+    state_path = session.path("preprocessing", "phase0_state.json")
+    key = _phase0_key(dataset, cfg)
+    if state_path.exists():
+        state = read_json(state_path)
+        if state.get("key") == key:
+            logger.info("phase 0: input and settings unchanged (sha256 %s...): reusing the split",
+                        key[:12])
+            return {name: [dataset.records[i] for i in idx] for name, idx in state["splits"].items()}
+        logger.info("phase 0: input or settings changed: recomputing")
+
+    text_key, label_key = dataset.text_field, dataset.fields[0].field
+    kept, dup_stats = remove_near_duplicates(dataset.records, cfg.dedup_threshold, text_key,
+                                             label_key, cfg.conflict_policy, cfg.train.progress)
+    if len(kept) < 3:
+        raise ValueError(f"{dataset.source}: {len(kept)} rows are left after near-duplicate "
+                         f"removal (threshold {cfg.dedup_threshold}); need at least 3")
+    train, val, test, split_stats = stratified_split(kept, cfg.val_ratio, cfg.test_ratio,
+                                                     cfg.train.seed, label_key, text_key)
+    val, val_leak = remove_leakage(train, val, cfg.dedup_threshold, text_key, "val")
+    test, test_leak = remove_leakage(train, test, cfg.dedup_threshold, text_key, "test")
+    if not train or not val:
+        raise ValueError(f"{dataset.source}: {len(kept)} rows after dedup are too few for a "
+                         f"train/val split with val_ratio {cfg.val_ratio}")
+    split_stats.update({"leakage": {"val": val_leak, "test": test_leak},
+                        "leakage_detected": val_leak["removed"] + test_leak["removed"],
+                        "val_count": len(val), "test_count": len(test)})
+    session.write_json("preprocessing/duplicate_removal_stats.json",
+                       {**dup_stats, "source": dataset.source, "input_sha256": key})
+    session.write_json("preprocessing/split_stats.json", split_stats)
+    position = {id(r): i for i, r in enumerate(dataset.records)}
+    splits = {"train": train, "val": val, "test": test}
+    # Written last: a crash before this line recomputes phase 0 on the next run.
+    session.write_json("preprocessing/phase0_state.json", {
+        "key": key, "splits": {k: [position[id(r)] for r in v] for k, v in splits.items()}})
+    return splits
+
+
+def log_truncation(dataset: Dataset, tokenizer: ByteTokenizer) -> None:
+    limit = tokenizer.max_length - 1  # one id is the CLS token
+    long = [len(r[dataset.text_field].encode("utf-8")) for r in dataset.records]
+    over = [n for n in long if n > limit]
+    if over:
+        logger.info("%d of %d texts are longer than %d bytes and are truncated (longest %d bytes)",
+                    len(over), len(long), limit, max(over))
+
+
+__all__ = ["load_data", "log_truncation", "prepare_data"]
