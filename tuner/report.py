@@ -9,6 +9,7 @@ state, no display) and are written atomically.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -95,11 +96,8 @@ def plot_crossover_search(trials: Sequence[Mapping[str, Any]]) -> Figure:
     ax.scatter(xs, ys, s=18, label="trial")
     ax.scatter([t["number"] for t in queued], [t["value"] for t in queued], s=60, marker="s",
                facecolors="none", edgecolors="black", label="queued (sweet spot, best single)")
-    best, line = float("inf"), []
-    for y in ys:
-        best = min(best, y)
-        line.append(best)
-    ax.step(xs, line, where="post", color="green", label="best so far")
+    ax.step(xs, list(itertools.accumulate(ys, min)), where="post", color="green",
+            label="best so far")
     ax.set(title="Crossover search (val loss of the fused output)", xlabel="trial",
            ylabel="val loss")
     ax.legend(fontsize=8)
