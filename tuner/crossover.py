@@ -85,6 +85,10 @@ def best_single_epoch(history: Sequence[Mapping[str, Any]], checkpoints: Sequenc
     return min(checkpoints, key=lambda e: (by_epoch[e]["val_loss"], e))
 
 
+def _n_complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
 class ResumableTPESampler(optuna.samplers.BaseSampler):
     """TPE whose randomness depends only on the seed and how many trials have completed.
 
@@ -99,8 +103,7 @@ class ResumableTPESampler(optuna.samplers.BaseSampler):
         self._inner = optuna.samplers.TPESampler(seed=seed)
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        seed = int(np.random.SeedSequence([self._seed, done]).generate_state(1)[0])
+        seed = int(np.random.SeedSequence([self._seed, _n_complete(study)]).generate_state(1)[0])
         self._inner = optuna.samplers.TPESampler(seed=seed)
         self._inner.before_trial(study, trial)
 
@@ -115,10 +118,6 @@ class ResumableTPESampler(optuna.samplers.BaseSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         self._inner.after_trial(study, trial, state, values)
-
-
-def _n_complete(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def _queued_or_done(study: optuna.Study, recipe: Mapping[str, int]) -> bool:

@@ -23,7 +23,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna_dashboard import save_note, save_plotly_graph_object
 
-from storage import Session, read_json
+from storage import Session
 
 from .report import relative_group_losses
 
@@ -115,12 +115,11 @@ def test_table_figure(table: Sequence[Mapping[str, Any]]):
 # ----------------------------------------------------------------------------- publishing
 
 def publish(session: Session, sweep: optuna.Study, long_run: optuna.Study, crossover: optuna.Study,
-            notes: Mapping[str, str], analysis: Mapping[str, Any],
+            notes: Mapping[str, str], selection: Mapping[str, Any], analysis: Mapping[str, Any],
             table: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """Notes, figures and artifacts on the three studies. Returns uploads per study."""
     save_note(long_run, notes["long_run"])
     save_note(crossover, notes["crossover"])
-    selection = read_json(session.path("lr_sweep", "lr_selection_report.json"))
     save_plotly_graph_object(sweep, selection_figure(selection), graph_object_id="lr-selection")
     save_plotly_graph_object(long_run, learning_curves_figure(analysis),
                              graph_object_id="learning-curves")

@@ -203,13 +203,13 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, sessio
               "best_params": optimized,
               "trials": [{"number": t.number, "value": t.value,
                           "queued": "fixed_params" in t.system_attrs} for t in complete]}
-    write_report(session, results, analysis, history, search, tasks[0].name)
+    write_report(session, results, analysis, history, search, report, tasks[0].name)
     session.write_json("final_results.json", results)
     sweep = optuna.load_study(study_name=f"{cfg.study}-lr-sweep", storage=storage)
     notes = {"long_run": without_images(sweet_spot_section(analysis)),
              "crossover": without_images([*crossover_section(search),
                                           *test_section(results, tasks[0].name)])}
-    publish(session, sweep, long_study, study, notes, analysis, table)
+    publish(session, sweep, long_study, study, notes, report, analysis, table)
     return results
 
 

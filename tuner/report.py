@@ -207,9 +207,8 @@ def without_images(lines: Sequence[str]) -> str:
 
 def write_report(session: Session, results: Mapping[str, Any], analysis: Mapping[str, Any],
                  history: Sequence[Mapping[str, Any]], crossover: Mapping[str, Any],
-                 primary: str) -> list[str]:
+                 selection: Mapping[str, Any], primary: str) -> list[str]:
     """Write final/report.md and its PNGs; returns the files written (relative to final/)."""
-    selection = read_json(session.path("lr_sweep", "lr_selection_report.json"))
     curves = read_json(session.path("lr_sweep", "lr_curves_data.json"))
     written = [
         _save(session, "lr_sweep.png", plot_lr_sweep(curves)),
