@@ -23,7 +23,7 @@ from model.training import TrainConfig
 from storage.studies import dashboard_command
 from tuner.dashboard import ARTIFACT_DIR
 from tuner.long_run import LongRunConfig
-from tuner.lr_sweep import SEED_GRID, SweepConfig
+from tuner.lr_sweep import PRESET_GRIDS, SEED_GRID, SweepConfig
 from tuner.pipeline import PipelineConfig, run, storage_url
 from tuner.sweet_spot import OverfitConfig
 
@@ -32,6 +32,10 @@ logger = logging.getLogger("run_study")
 # --smoke: every phase at toy size (applies where a flag was not given explicitly).
 SMOKE = {"max_samples": 400, "sweep_epochs": 2, "epochs": 4, "checkpoint_every": 2,
          "crossover_trials": 4}
+
+
+def _fmt_grid(grid: tuple[float, ...]) -> str:
+    return ",".join(f"{x:g}" for x in grid)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,14 +70,21 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--conflict-policy", default="keep_first", choices=("keep_first", "drop_group"),
                    help="duplicate groups whose labels disagree: keep the first row, or drop all")
     m = p.add_argument_group("model")
-    m.add_argument("--preset", default="tiny", help="tiny | small | base | 730m")
+    m.add_argument("--preset", default="ngram",
+                   help="ngram (CPU: hashed character n-grams) | tiny | small | base | 730m "
+                        "(byte transformers, for GPUs)")
     m.add_argument("--model", default=None, help="your own model: package.module:factory")
     m.add_argument("--max-length", type=int, default=None,
                    help="tokens per text (bytes + CLS); default: the preset's")
     m.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     t = p.add_argument_group("training")
-    t.add_argument("--lr-grid", default=",".join(f"{x:g}" for x in SEED_GRID),
-                   help="comma-separated LRs of the sweep")
+    t.add_argument("--lr-grid", default=None,
+                   help="comma-separated LRs of the sweep; default: the preset's five "
+                        f"({', '.join(f'{k}: {_fmt_grid(v)}' for k, v in PRESET_GRIDS.items())}; "
+                        f"the seed's {_fmt_grid(SEED_GRID)} for a --model)")
+    t.add_argument("--extend-grid", type=int, default=2,
+                   help="when the selected LR is the largest or smallest tried, add up to N "
+                        "more points beyond that edge, one at a time (0 = never)")
     t.add_argument("--sweep-epochs", type=int, default=None, help="epochs per LR (default 5)")
     t.add_argument("--epochs", type=int, default=None, help="long-run epochs (default 60)")
     t.add_argument("--checkpoint-every", type=int, default=None,
@@ -160,7 +171,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         max_length=args.max_length, device=_device(args.device), val_ratio=args.val_ratio,
         test_ratio=args.test_ratio, dedup_threshold=args.dedup_threshold,
         conflict_policy=args.conflict_policy, train=train,
-        sweep=SweepConfig(lr_grid=_lr_grid(args.lr_grid), epochs=pick("sweep_epochs", 5)),
+        sweep=SweepConfig(lr_grid=None if args.lr_grid is None else _lr_grid(args.lr_grid),
+                          epochs=pick("sweep_epochs", 5), extend_grid=args.extend_grid),
         long_run=LongRunConfig(epochs=pick("epochs", 60),
                                checkpoint_every=pick("checkpoint_every", 2)),
         selection_method=args.selection_method,

@@ -84,16 +84,26 @@ def _check_phase4(session: Path, storage: str) -> None:
         assert key in results
     names = [r["candidate"] for r in results["test_table"]]
     assert names == ["best_single_checkpoint", "last_epoch", "ema", "sweet_spot_crossover",
-                     "optimized_crossover", "variant_ensemble", "uniform_soup", "greedy_soup"]
+                     "optimized_crossover", "variant_ensemble", "uniform_soup", "greedy_soup",
+                     "linear_baseline", "majority_class"]
+    table = {r["candidate"]: r for r in results["test_table"]}
+    assert table["linear_baseline"]["reference"] and table["majority_class"]["reference"]
+    assert table["linear_baseline"]["test_acc"] > table["majority_class"]["test_acc"]
+    for row in results["test_table"]:  # intervals and the paired verdict on every row
+        ci = row["test_ci"]
+        assert ci["acc"]["ci"][0] <= row["test_acc"] <= ci["acc"]["ci"][1]
+        assert ci["resamples"] == 1000 and "acc_vs_best_single_checkpoint" in ci
+        assert row["verdict"].startswith(row["candidate"].replace("_", " "))
     crossover = optuna.load_study(study_name="s-crossover", storage=storage)
     assert len(crossover.trials) in (5, 6)  # the 2 queued recipes (1 if equal) + 4 TPE trials
     # The final model, loaded into a fresh model, gives exactly the reported metrics.
     recipe = json.loads((session / "final" / "recipe.json").read_text())
     ds = load_embedded(400, seed=0)
     splits = json.loads((session / "preprocessing" / "phase0_state.json").read_text())["splits"]
-    model = load_final_model(build_model("tiny", ds.tasks), session)
+    assert recipe["method"] not in ("linear_baseline", "majority_class")
+    model = load_final_model(build_model("ngram", ds.tasks), session)
     for split in ("val", "test"):
-        data = ds.encode([ds.records[i] for i in splits[split]], ByteTokenizer(48))
+        data = ds.encode([ds.records[i] for i in splits[split]], ByteTokenizer(128))
         metrics = evaluate(model, data, ds.tasks)
         assert metrics["loss"] == recipe[f"{split}_loss"]
         assert metrics["acc"] == recipe[f"{split}_acc"]
@@ -119,7 +129,11 @@ def _check_report_and_dashboard(session: Path, storage: str, results: dict) -> N
                     "## Crossover search (phase 4)", "## Test table", "## Final model"):
         assert heading in report
     for row in results["test_table"]:
-        assert f"| {row['candidate']} | {row['val_loss']:.4f} | {row['test_loss']:.4f} |" in report
+        name = f"{row['candidate']} (*reference*)" if row.get("reference") else row["candidate"]
+        assert f"| {name} | {row['val_loss']:.4f} | {row['test_loss']:.4f} |" in report
+        if row is not results["test_table"][0]:
+            assert f"- {row['verdict']}." in report
+    assert "**Grid:** LR" in report
     for png in ("lr_sweep", "learning_curves", "lr_schedule", "crossover_search", "test_table"):
         assert f"]({png}.png)" in report
         assert (session / "final" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -216,3 +230,28 @@ def test_a_bad_row_exits_2_naming_file_row_and_field(tmp_path):
     assert out.returncode == 2
     assert "broken.jsonl: row 2 (line 3): field 'text' is missing" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_an_edge_optimum_extends_the_grid_and_the_report_says_so(tmp_path):
+    # 1e-4 and 2e-4 barely move the n-gram model in 2 epochs: the largest LR wins, so
+    # the sweep adds 4e-4 and then 8e-4, and still finds the optimum on the edge.
+    args = ("--smoke", "--backup-dir", str(tmp_path), "--study", "g", "--lr-grid", "1e-4,2e-4",
+            "--stop-after", "1")
+    out = _run(*args)
+    assert out.returncode == 0, out.stderr
+    assert "adding LR 0.0004 beyond it (extension 1 of 2)" in out.stderr
+    assert "adding LR 0.0008 beyond it (extension 2 of 2)" in out.stderr
+    report = json.loads((tmp_path / "g" / "lr_sweep" / "lr_selection_report.json").read_text())
+    grid = report["grid"]
+    assert grid["extended"] == [4e-4, 8e-4] and grid["tried"] == [1e-4, 2e-4, 4e-4, 8e-4]
+    assert report["selected_lr"] == 8e-4 and grid["edge"] == "upper"
+    assert "still on the edge after 2 extension point(s)" in grid["message"]
+    storage = f"sqlite:///{tmp_path}/g.db"
+    sweep = optuna.load_study(study_name="g-lr-sweep", storage=storage)
+    note = get_note_from_system_attrs(sweep._storage.get_study_system_attrs(sweep._study_id),
+                                      None)["body"]
+    assert grid["message"] in note
+    # A rerun re-derives the same extension from the study and runs nothing again.
+    assert _run(*args).returncode == 0
+    assert len(optuna.load_study(study_name="g-lr-sweep", storage=storage).trials) == 4

@@ -20,7 +20,7 @@ class PipelineConfig:
     text_field: str = "text"
     label_fields: tuple[str, ...] = ("label",)
     max_samples: int | None = 10_000
-    preset: str = "tiny"
+    preset: str = "ngram"
     model: str | None = None  # package.module:factory
     max_length: int | None = None  # None: the preset's
     device: str = "cpu"

@@ -25,7 +25,7 @@ from optuna_dashboard import save_note, save_plotly_graph_object
 
 from storage import Session
 
-from .report import relative_group_losses
+from .report import relative_group_losses, test_acc_errors
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +106,12 @@ def test_table_figure(table: Sequence[Mapping[str, Any]]):
     import plotly.graph_objects as go
 
     names = [r["candidate"] for r in table]
+    errors = test_acc_errors(table)
+    error_y = None if errors is None else {"type": "data", "array": errors[1],
+                                           "arrayminus": errors[0]}
     fig = go.Figure([go.Bar(x=names, y=[r["val_acc"] for r in table], name="val acc"),
-                     go.Bar(x=names, y=[r["test_acc"] for r in table], name="test acc")])
+                     go.Bar(x=names, y=[r["test_acc"] for r in table], name="test acc (95% CI)",
+                            error_y=error_y)])
     fig.update_layout(title="Test table: primary-task accuracy (chosen on val)", barmode="group")
     return fig
 

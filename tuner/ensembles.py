@@ -185,13 +185,12 @@ def prediction_metrics(preds: Mapping[str, torch.Tensor], targets: Mapping[str, 
     }
 
 
-def evaluate_ensemble(model: nn.Module, states: Iterable[Mapping[str, torch.Tensor]],
-                      datasets: Mapping[str, EncodedData], tasks: Sequence[TaskSpec],
-                      device: str | torch.device = "cpu") -> dict[str, dict[str, Any]]:
-    """Metrics of the prediction ensemble of ``states`` on each named dataset.
-
-    One state is in the model at a time; only the predictions are kept.
-    """
+def ensemble_predictions(model: nn.Module, states: Iterable[Mapping[str, torch.Tensor]],
+                         datasets: Mapping[str, EncodedData], tasks: Sequence[TaskSpec],
+                         device: str | torch.device = "cpu",
+                         ) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """The averaged predictions and the targets of the ensemble of ``states`` on each named
+    dataset. One state is in the model at a time; only the predictions are kept."""
     members: dict[str, list[dict[str, torch.Tensor]]] = {name: [] for name in datasets}
     targets: dict[str, dict[str, torch.Tensor]] = {}
     for state in states:
@@ -199,9 +198,17 @@ def evaluate_ensemble(model: nn.Module, states: Iterable[Mapping[str, torch.Tens
         for name, data in datasets.items():
             preds, targets[name] = predict(model, data, device=device)
             members[name].append(preds)
-    return {name: prediction_metrics(combine_predictions(members[name], tasks), targets[name], tasks)
-            for name in datasets}
+    return {name: (combine_predictions(members[name], tasks), targets[name]) for name in datasets}
 
 
-__all__ = ["VARIANT_OFFSETS", "average_states", "combine_predictions", "evaluate_ensemble",
+def evaluate_ensemble(model: nn.Module, states: Iterable[Mapping[str, torch.Tensor]],
+                      datasets: Mapping[str, EncodedData], tasks: Sequence[TaskSpec],
+                      device: str | torch.device = "cpu") -> dict[str, dict[str, Any]]:
+    """Metrics of the prediction ensemble of ``states`` on each named dataset."""
+    out = ensemble_predictions(model, states, datasets, tasks, device)
+    return {name: prediction_metrics(preds, targets, tasks) for name, (preds, targets) in out.items()}
+
+
+__all__ = ["VARIANT_OFFSETS", "average_states", "combine_predictions", "ensemble_predictions",
+           "evaluate_ensemble",
            "greedy_soup", "greedy_soup_order", "predict", "prediction_metrics", "variant_recipes"]

@@ -30,12 +30,22 @@ from storage import Session, atomic_write_bytes, crash_point, json_safe
 from storage.checkpoints import EMA_FILE, checkpoint_dir, load_tensors, verify_file
 
 from .crossover import assemble_state
-from .ensembles import average_states, evaluate_ensemble, greedy_soup, greedy_soup_order, variant_recipes
+from .ensembles import (
+    average_states,
+    ensemble_predictions,
+    greedy_soup,
+    greedy_soup_order,
+    predict,
+    prediction_metrics,
+    variant_recipes,
+)
+from .uncertainty import BootstrapConfig, confidence, verdict
 
 logger = logging.getLogger(__name__)
 
 FINAL_MODEL = "final/optimal_crossover_model.safetensors"
 State = dict[str, torch.Tensor]
+SplitPredictions = dict[str, dict[str, torch.Tensor]]  # split -> task -> predictions
 
 
 @dataclass
@@ -127,31 +137,68 @@ def build_candidates(root: Path, spec: GroupSpec, history: Sequence[Mapping[str,
 
 def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: EncodedData,
                      test: EncodedData, tasks: Sequence[TaskSpec], device: str = "cpu",
-                     progress: bool = False) -> list[dict]:
-    """Val and test metrics of every candidate (test only when the split is not empty)."""
-    primary = tasks[0].name
+                     progress: bool = False,
+                     references: Mapping[str, tuple[dict, SplitPredictions]] | None = None,
+                     bootstrap: BootstrapConfig | None = None) -> list[dict]:
+    """Val and test metrics of every candidate (test only when the split is not empty),
+    then the reference rows (name -> (how, split -> task -> predictions)), each marked
+    ``reference: true``. With a single-label primary task and a test split, every row
+    carries ``test_ci``: accuracy and macro-F1 with 95% bootstrap intervals and the
+    paired difference against ``best_single_checkpoint`` (same resampled rows)."""
+    primary = tasks[0]
     splits = {"val": val, **({"test": test} if len(test) else {})}
     rows = []
+    test_guess: dict[str, torch.Tensor] = {}  # candidate -> (N, C) primary-task outputs on test
     for cand in tqdm(candidates, desc="test table", unit="candidate", disable=not progress):
         crash_point(f"final:{cand.name}")
         if cand.single_model:
             state = cand.state()
             model.load_state_dict(state, strict=True)
             metrics = {k: evaluate(model, d, tasks, device=device) for k, d in splits.items()}
+            if "test" in splits:
+                test_guess[cand.name] = predict(model, test, device=device)[0][primary.name]
         else:
-            metrics = evaluate_ensemble(model, cand.members(), splits, tasks, device)
+            out = ensemble_predictions(model, cand.members(), splits, tasks, device)
+            metrics = {k: prediction_metrics(p, t, tasks) for k, (p, t) in out.items()}
+            if "test" in splits:
+                test_guess[cand.name] = out["test"][0][primary.name]
         rows.append(json_safe(_row(cand.name, cand.how, metrics["val"], metrics.get("test"),
-                                   primary, cand.single_model)))
+                                   primary.name, cand.single_model)))
         if cand.single_model and _best_single(rows)["candidate"] == cand.name:
             # Keep the best single model's exact weights for the final file; drop the rest
             # (one model's weights in memory, not eight).
             for other in candidates:
                 other._cache = None
             cand._cache = state
-        r = rows[-1]
-        logger.info("%s: val loss %.4f acc %.4f; test loss %s acc %s", cand.name, r["val_loss"],
-                    r["val_acc"], _fmt(r["test_loss"]), _fmt(r["test_acc"]))
+        _log_row(rows[-1])
+    for name, (how, preds) in (references or {}).items():
+        metrics = {k: prediction_metrics(preds[k], d.targets, tasks) for k, d in splits.items()}
+        if "test" in splits:
+            test_guess[name] = preds["test"][primary.name]
+        rows.append(json_safe(_row(name, how, metrics["val"], metrics.get("test"), primary.name,
+                                   single=False) | {"reference": True}))
+        _log_row(rows[-1])
+    reference = "best_single_checkpoint" if "best_single_checkpoint" in test_guess else next(
+        iter(test_guess), None)
+    if primary.kind == "single" and "test" in splits and reference in test_guess:
+        guesses = {k: v.argmax(-1).numpy() for k, v in test_guess.items()}
+        target = test.targets[primary.name].numpy()
+        ci = confidence(guesses, target, reference, bootstrap or BootstrapConfig())
+        # Every row against the linear baseline too (same resampled rows), for the verdict
+        # on the final model.
+        vs_base = (confidence(guesses, target, "linear_baseline", bootstrap or BootstrapConfig())
+                   if "linear_baseline" in guesses else {})
+        for r in rows:
+            name = r["candidate"]
+            r["test_ci"] = ci[name] | {k: v for k, v in vs_base.get(name, {}).items()
+                                       if k.endswith("_vs_linear_baseline")}
+            r["verdict"] = verdict(name, ci[name], reference)
     return rows
+
+
+def _log_row(r: dict) -> None:
+    logger.info("%s: val loss %.4f acc %.4f; test loss %s acc %s", r["candidate"], r["val_loss"],
+                r["val_acc"], _fmt(r["test_loss"]), _fmt(r["test_acc"]))
 
 
 def _fmt(x: float | None) -> str:
@@ -159,7 +206,8 @@ def _fmt(x: float | None) -> str:
 
 
 def _best_single(rows: Sequence[dict]) -> dict:
-    return min((r for r in rows if r["single_model"]), key=lambda r: r["val_loss"])
+    return min((r for r in rows if r["single_model"] and not r.get("reference")),
+               key=lambda r: r["val_loss"])
 
 
 def write_final_model(session: Session, table: Sequence[dict],

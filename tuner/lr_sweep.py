@@ -30,14 +30,29 @@ from .selection import final_evaluation
 logger = logging.getLogger(__name__)
 
 SEED_GRID = (1e-5, 5e-5, 1e-4, 2e-4, 5e-4)
+# Five points per preset, each spanning at least 20x like the seed's 50x. The seed's grid
+# was set for fine-tuning a 730M model; smaller models trained from scratch want larger LRs.
+PRESET_GRIDS: dict[str, tuple[float, ...]] = {
+    "ngram": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
+    "tiny": (5e-4, 1e-3, 2e-3, 5e-3, 1e-2),
+    "small": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+    "base": (5e-5, 1e-4, 2e-4, 5e-4, 1e-3),
+    "730m": SEED_GRID,
+}
+
+
+def default_grid(preset: str | None) -> tuple[float, ...]:
+    """The LR grid of a preset; the seed's grid for a user's own model (``preset=None``)."""
+    return SEED_GRID if preset is None else PRESET_GRIDS.get(preset, SEED_GRID)
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    lr_grid: tuple[float, ...] = SEED_GRID
+    lr_grid: tuple[float, ...] | None = None  # None: the preset's (``default_grid``)
     epochs: int = 5
+    extend_grid: int = 2  # points added beyond an edge optimum, one at a time
     divergence_factor: float = 1.5
     prune_margin: float = 0.1
     prune_warmup: int = 2
@@ -45,13 +60,15 @@ class SweepConfig:
     rule: PruneRule = field(init=False)
 
     def __post_init__(self) -> None:
-        if not self.lr_grid:
+        if self.lr_grid is not None and not self.lr_grid:
             raise ValueError("the LR grid is empty")
-        for lr in self.lr_grid:
+        for lr in self.lr_grid or ():
             if not lr > 0:
                 raise ValueError(f"every LR in the grid must be > 0, got {lr!r}")
-        if len(set(self.lr_grid)) != len(self.lr_grid):
+        if self.lr_grid is not None and len(set(self.lr_grid)) != len(self.lr_grid):
             raise ValueError(f"the LR grid repeats a value: {self.lr_grid!r}")
+        if self.extend_grid < 0:
+            raise ValueError(f"extend_grid must be >= 0, got {self.extend_grid!r}")
         if self.epochs < 1:
             raise ValueError(f"sweep epochs must be >= 1, got {self.epochs!r}")
         object.__setattr__(self, "rule", PruneRule(self.divergence_factor, self.prune_margin,
@@ -88,7 +105,7 @@ def open_sweep_study(storage: optuna.storages.BaseStorage, name: str, cfg: Sweep
         pruner=SweepPruner(cfg.rule))
 
 
-def _trial_lr(t: optuna.trial.FrozenTrial) -> float | None:
+def trial_lr(t: optuna.trial.FrozenTrial) -> float | None:
     """A trial's LR; a queued (WAITING) trial has it only as a fixed param so far."""
     return t.params.get("lr", t.system_attrs.get("fixed_params", {}).get("lr"))
 
@@ -97,7 +114,7 @@ def _mark_grid_point(study: optuna.Study, trial: optuna.Trial, lr: float) -> Non
     """Give a queued trial the grid bookkeeping GridSampler keeps for its own trials, so
     it counts the point as visited (and its after_trial hook finds a grid_id)."""
     sampler = study.sampler
-    if isinstance(sampler, optuna.samplers.GridSampler):
+    if isinstance(sampler, optuna.samplers.GridSampler) and (lr,) in sampler._all_grids:
         storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, "search_space", sampler._search_space)
         storage.set_trial_system_attr(trial._trial_id, "grid_id", sampler._all_grids.index((lr,)))
@@ -115,7 +132,7 @@ def _owner_of(study: optuna.Study, lr: float, number: int, stale_after_s: float)
     numbered one that is finished, queued or running in a live process. Trials are
     numbered in creation order and popped oldest first, so every worker agrees."""
     for t in study.get_trials(deepcopy=False, states=_TAKEN):
-        if t.number >= number or _trial_lr(t) != lr:
+        if t.number >= number or trial_lr(t) != lr:
             continue
         if t.state != TrialState.RUNNING or not trial_is_gone(t, stale_after_s):
             return t.number
@@ -125,7 +142,7 @@ def _owner_of(study: optuna.Study, lr: float, number: int, stale_after_s: float)
 def _enqueue_missing(study: optuna.Study, grid: Sequence[float]) -> int:
     """Queue every grid point not finished, running or queued; largest LR first, so a
     diverging LR is pruned at once and the good ones set the bar for the small ones."""
-    taken = {_trial_lr(t) for t in study.get_trials(deepcopy=False, states=_TAKEN)}
+    taken = {trial_lr(t) for t in study.get_trials(deepcopy=False, states=_TAKEN)}
     missing = [lr for lr in sorted(grid, reverse=True) if lr not in taken]
     for lr in missing:
         study.enqueue_trial({"lr": lr})
@@ -174,7 +191,7 @@ def run_lr_sweep(
                 break
             # Another worker is running grid points: selection needs them all.
             logger.info("LR sweep: waiting for %d grid point(s) running in another worker: %s",
-                        len(running), ", ".join(f"LR {_trial_lr(t):g}" for t in running))
+                        len(running), ", ".join(f"LR {trial_lr(t):g}" for t in running))
             time.sleep(_POLL_S)
             continue
         # optimize() pops the oldest queued trial atomically; a queued duplicate (two
@@ -228,6 +245,11 @@ def _train_trial(trial: optuna.Trial, lr: float, cfg: SweepConfig, train_cfg: Tr
     evaluation = final_evaluation(history)
     trial.set_user_attr("final_evaluation", json_safe(evaluation))
     return evaluation["avg_val_loss"]
+
+
+def study_lrs(study: optuna.Study) -> set[float]:
+    """Every LR a trial of the sweep has or is queued with (so a resumed extension is found)."""
+    return {lr for t in study.get_trials(deepcopy=False) if (lr := trial_lr(t)) is not None}
 
 
 def sweep_outcome(study: optuna.Study) -> tuple[dict[float, dict], dict[float, str], dict[float, list]]:

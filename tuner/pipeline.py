@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,16 +32,25 @@ from storage import (
 )
 from storage.studies import create_storage, dashboard_command, default_storage_url, mask_url
 
+from .baselines import linear_baseline, majority_class
 from .config import PipelineConfig
 from .crossover import ResumableTPESampler, best_recipe, best_single_epoch, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
 from .final import build_candidates, build_test_table, write_final_model
 from .long_run import claim_phase4, release_phase4, run_long_run
-from .lr_sweep import history_of, open_sweep_study, run_lr_sweep, sweep_outcome
+from .lr_sweep import default_grid, history_of, open_sweep_study, run_lr_sweep, study_lrs, sweep_outcome
 from .prepare import load_data, log_truncation, prepare_data
-from .report import crossover_section, sweet_spot_section, test_section, without_images, write_report
-from .selection import select_lr
+from .report import (
+    crossover_section,
+    lr_section,
+    sweet_spot_section,
+    test_section,
+    without_images,
+    write_report,
+)
+from .selection import grid_edge, grid_verdict, next_lr_beyond, select_lr
 from .sweet_spot import OverfitConfig, find_sweet_spots
+from .uncertainty import BootstrapConfig
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +109,7 @@ def run(cfg: PipelineConfig) -> dict:
     # -- phase 1: LR sweep, then selection
     crash_point("phase:1")
     start = time.perf_counter()
-    sweep_study = open_sweep_study(storage, f"{cfg.study}-lr-sweep", cfg.sweep, cfg.train.seed)
-    run_lr_sweep(sweep_study, cfg.sweep, cfg.train, build_fn, train, val, dataset.tasks,
-                 cfg.device, session)
-    report = write_selection(sweep_study, cfg, session)
+    report = sweep_and_select(storage, cfg, build_fn, train, val, dataset.tasks, session)
     logger.info("phase 1 done in %.0f s: %s", time.perf_counter() - start, report["selection_reason"])
     if cfg.stop_after == 1:
         logger.info("stopping after phase 1 (--stop-after 1)")
@@ -145,8 +151,9 @@ def run(cfg: PipelineConfig) -> dict:
     crash_point("phase:4")
     start = time.perf_counter()
     test = dataset.encode(splits["test"], tokenizer)
+    references = reference_rows(dataset, splits, {"train": train, "val": val, "test": test})
     results = run_phase4(cfg, storage, session, spec, analysis, long_study, report, build_fn,
-                         val, test, dataset.tasks)
+                         val, test, dataset.tasks, references)
     release_phase4(long_study)
     recipe = results["crossover_recipe"]
     logger.info("phase 4 done in %.0f s: final model %s (val loss %.4f, test acc %s); report in %s",
@@ -157,7 +164,7 @@ def run(cfg: PipelineConfig) -> dict:
 
 def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, session: Session,
                spec: GroupSpec, analysis: dict, long_study: optuna.Study, report: dict,
-               build_fn, val, test, tasks) -> dict:
+               build_fn, val, test, tasks, references: dict | None = None) -> dict:
     """Crossover study, ensembles and soups, the test table, the final model, the report
     and the dashboard; final_results.json last."""
     root = session.path("checkpoints")
@@ -179,7 +186,8 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, sessio
     optimized, best_value = best_recipe(study, damaged)
     candidates = build_candidates(root, spec, history, checkpoints, single, sweet, optimized,
                                   model, val, tasks, cfg.device)
-    table = build_test_table(model, candidates, val, test, tasks, cfg.device, cfg.train.progress)
+    table = build_test_table(model, candidates, val, test, tasks, cfg.device, cfg.train.progress,
+                             references, BootstrapConfig(seed=cfg.train.seed))
     recipe = write_final_model(session, table, candidates)
     preprocessing = session.path("preprocessing")
     results = {
@@ -189,7 +197,7 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, sessio
         "data_stats": {"duplicates": read_json(preprocessing / "duplicate_removal_stats.json"),
                        "split": read_json(preprocessing / "split_stats.json")},
         "lr_sweep": {k: report[k] for k in ("selected_lr", "selection_score", "all_scores",
-                                            "selection_reason", "excluded")},
+                                            "selection_reason", "excluded", "grid") if k in report},
         "training_complete": True,
         "overfitting_point": analysis["overfitting_point"],
         "crossover_recipe": recipe,
@@ -211,6 +219,20 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, sessio
                                           *test_section(results, tasks[0].name)])}
     publish(session, sweep, long_study, study, notes, report, analysis, table)
     return results
+
+
+def reference_rows(dataset: Dataset, splits: dict[str, list[dict]], encoded: dict) -> dict:
+    """The test table's reference rows: the linear baseline (fitted on train, C chosen on
+    val) and the majority class, as (how, split -> task -> predictions)."""
+    start = time.perf_counter()
+    texts = {k: [r[dataset.text_field] for r in splits[k]] for k in encoded}
+    targets = {k: d.targets for k, d in encoded.items()}
+    linear, how = linear_baseline(texts, targets, dataset.tasks)
+    majority = {k: majority_class(targets["train"], dataset.tasks, len(d))
+                for k, d in encoded.items() if k != "train"}
+    logger.info("phase 4: linear baseline fitted in %.0f s", time.perf_counter() - start)
+    return {"linear_baseline": (how, linear),
+            "majority_class": ({"predicts": "the train split's class (label) frequencies"}, majority)}
 
 
 def _with_stable_timestamp(path: Path, payload: dict) -> dict:
@@ -263,10 +285,46 @@ def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfi
     return analysis
 
 
-def write_selection(study: optuna.Study, cfg: PipelineConfig, session: Session) -> dict:
+def sweep_and_select(storage: optuna.storages.BaseStorage, cfg: PipelineConfig, build_fn,
+                     train, val, tasks, session: Session) -> dict:
+    """Phase 1: the grid, then, while the selected LR is the largest or smallest LR tried,
+    one more point beyond that edge (up to ``extend_grid``). Every decision is derived
+    from the study, so a rerun takes the same steps and runs only what is missing."""
+    name = f"{cfg.study}-lr-sweep"
+    base = tuple(cfg.sweep.lr_grid or default_grid(None if cfg.model else cfg.preset))
+    grid = base
+    while True:
+        sweep_cfg = replace(cfg.sweep, lr_grid=grid)
+        study = open_sweep_study(storage, name, sweep_cfg, cfg.train.seed)
+        if not study_lrs(study) <= set(grid):  # points an earlier run added: resume them too
+            grid = tuple(sorted({*grid, *study_lrs(study)}))
+            continue
+        run_lr_sweep(study, sweep_cfg, cfg.train, build_fn, train, val, tasks, cfg.device, session)
+        evaluations, excluded, _ = sweep_outcome(study)
+        selected = select_lr(evaluations, cfg.selection_weights, cfg.selection_method,
+                             excluded)["selected_lr"]
+        tried = sorted({*evaluations, *excluded})
+        extended = sorted(set(grid) - set(base))
+        edge = grid_edge(selected, tried)
+        if edge is None or len(extended) >= cfg.sweep.extend_grid:
+            break
+        new = next_lr_beyond(tried, edge)
+        logger.warning("LR sweep: the selected LR %g is the %s LR tried; adding LR %g beyond it "
+                       "(extension %d of %d)", selected, "largest" if edge == "upper" else "smallest",
+                       new, len(extended) + 1, cfg.sweep.extend_grid)
+        grid = tuple(sorted({*grid, new}))
+    verdict = grid_verdict(selected, tried, sorted(evaluations), extended, cfg.sweep.extend_grid)
+    (logger.info if verdict["interior"] else logger.warning)("LR sweep: %s", verdict["message"])
+    return write_selection(study, cfg, session, verdict)
+
+
+def write_selection(study: optuna.Study, cfg: PipelineConfig, session: Session,
+                    grid: dict | None = None) -> dict:
     """Score the finished LRs; write the report to files, the study and a dashboard note."""
     evaluations, excluded, curves = sweep_outcome(study)
     report = select_lr(evaluations, cfg.selection_weights, cfg.selection_method, excluded)
+    if grid is not None:
+        report["grid"] = grid
     report = _with_stable_timestamp(session.path("lr_sweep", "lr_selection_report.json"), report)
     session.write_json("lr_sweep/lr_selection_report.json", report)
     session.write_json("lr_sweep/lr_curves_data.json", {
@@ -278,15 +336,6 @@ def write_selection(study: optuna.Study, cfg: PipelineConfig, session: Session) 
                                for lr in sorted(curves)},
     })
     study.set_user_attr("selection", json_safe(report))
-    lines = [f"# LR selection\n\n**Selected LR: {report['selected_lr']:g}**. "
-             f"{report['selection_reason']}.\n",
-             "| LR | score | val loss | stability | efficiency | overfit |",
-             "|---|---|---|---|---|---|"]
-    for lr, d in sorted(report["detailed_analysis"].items(), key=lambda kv: float(kv[0])):
-        lines.append(f"| {float(lr):g} | {d['total_score']:.3f} | {d['val_loss_score']:.3f} | "
-                     f"{d['stability_score']:.3f} | {d['efficiency_score']:.3f} | "
-                     f"{d['overfit_score']:.3f} |")
-    lines += ["", *[f"- {r}" for r in report["reasons"].values()],
-              *[f"- LR {lr}: not selectable ({why})" for lr, why in report["excluded"].items()]]
-    save_note(study, "\n".join(lines))
+    lines = ["# LR selection", "", *lr_section(report["selected_lr"], report)[2:]]
+    save_note(study, without_images(lines))
     return report

@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 
 from storage import Session, atomic_write_bytes, read_json
 
+from .uncertainty import verdict
+
 logger = logging.getLogger(__name__)
 
 PLOTS = ("lr_sweep.png", "learning_curves.png", "lr_schedule.png", "crossover_search.png",
@@ -104,6 +106,15 @@ def plot_crossover_search(trials: Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
+def test_acc_errors(table: Sequence[Mapping[str, Any]]) -> list[list[float]] | None:
+    """Lower and upper distances of each row's test-accuracy interval (for error bars)."""
+    if not all(r.get("test_ci") for r in table):
+        return None
+    ci = [r["test_ci"]["acc"]["ci"] for r in table]
+    return [[r["test_acc"] - lo for r, (lo, _) in zip(table, ci, strict=True)],
+            [hi - r["test_acc"] for r, (_, hi) in zip(table, ci, strict=True)]]
+
+
 def plot_test_table(table: Sequence[Mapping[str, Any]]) -> Figure:
     fig = Figure(figsize=(9, 4))
     ax = fig.add_subplot()
@@ -111,7 +122,7 @@ def plot_test_table(table: Sequence[Mapping[str, Any]]) -> Figure:
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [r["val_acc"] for r in table], width=0.4, label="val acc")
     ax.bar([x + 0.2 for x in xs], [r["test_acc"] or 0 for r in table], width=0.4,
-           label="test acc")
+           yerr=test_acc_errors(table), capsize=3, label="test acc (95% CI)")
     ax.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
     ax.set(title="Candidates: primary-task accuracy", ylabel="accuracy")
     ax.legend(fontsize=8)
@@ -149,6 +160,12 @@ def lr_section(best_lr: float, selection: Mapping[str, Any]) -> list[str]:
                      f"{d['stability_score']:.3f} | {d['efficiency_score']:.3f} | "
                      f"{d['overfit_score']:.3f} |")
     lines += [f"- LR {lr}: not selectable ({why})" for lr, why in selection["excluded"].items()]
+    grid = selection.get("grid")
+    if grid:
+        lines += ["", f"**Grid:** {grid['message']}. Tried: "
+                  f"{', '.join(f'{lr:g}' for lr in grid['tried'])}"
+                  + (f" (extended by {', '.join(f'{lr:g}' for lr in grid['extended'])})"
+                     if grid["extended"] else "") + "."]
     return [*lines, "", "![LR sweep](lr_sweep.png)", "![LR schedule](lr_schedule.png)", ""]
 
 
@@ -174,16 +191,39 @@ def crossover_section(crossover: Mapping[str, Any]) -> list[str]:
             "![Crossover search](crossover_search.png)", ""]
 
 
+def _ci(row: Mapping[str, Any], metric: str) -> str:
+    ci = (row.get("test_ci") or {}).get(metric)
+    return "" if ci is None else f" [{ci['ci'][0]:.3f}, {ci['ci'][1]:.3f}]"
+
+
 def test_section(results: Mapping[str, Any], primary: str) -> list[str]:
+    table = results["test_table"]
     lines = ["## Test table", "",
-             "Every candidate is chosen on val; the test split is read only for this table.", "",
+             "Every candidate is chosen on val; the test split is read only for this table. "
+             "Rows marked *reference* (a TF-IDF + logistic-regression baseline and the majority "
+             "class, fitted on the same train split, tuned on val) are never candidates for the "
+             "final model. Brackets: 95% bootstrap intervals over the test rows.", "",
              "| candidate | val loss | test loss | val acc | test acc | val macro-F1 | "
              "test macro-F1 | other tasks (test) |", "|---|---|---|---|---|---|---|---|"]
-    for r in results["test_table"]:
-        lines.append(f"| {r['candidate']} | {_fmt(r['val_loss'])} | {_fmt(r['test_loss'])} | "
-                     f"{_fmt(r['val_acc'])} | {_fmt(r['test_acc'])} | {_fmt(r['val_macro_f1'])} | "
-                     f"{_fmt(r['test_macro_f1'])} | {_other_tasks(r, primary, 'test')} |")
+    for r in table:
+        name = f"{r['candidate']} (*reference*)" if r.get("reference") else r["candidate"]
+        lines.append(f"| {name} | {_fmt(r['val_loss'])} | {_fmt(r['test_loss'])} | "
+                     f"{_fmt(r['val_acc'])} | {_fmt(r['test_acc'])}{_ci(r, 'acc')} | "
+                     f"{_fmt(r['val_macro_f1'])} | {_fmt(r['test_macro_f1'])}{_ci(r, 'macro_f1')} | "
+                     f"{_other_tasks(r, primary, 'test')} |")
+    verdicts = [r["verdict"] for r in table if r.get("verdict") and r is not table[0]]
+    if verdicts:
+        ci = table[0]["test_ci"]
+        lines += ["", f"**Against the best single checkpoint** (test accuracy, paired bootstrap: "
+                      f"{ci['resamples']} resamples of the same rows for both, seed {ci['seed']}, "
+                      f"{ci['level']:.0%} intervals):", "", *[f"- {v}." for v in verdicts]]
     recipe = results["crossover_recipe"]
+    final = next((r for r in table if r["candidate"] == recipe["method"]), None)
+    if final is not None and "acc_vs_linear_baseline" in (final.get("test_ci") or {}):
+        ci = final["test_ci"]
+        lines += ["", "**Final model against the linear baseline** (paired bootstrap): test "
+                      f"accuracy, {verdict(final['candidate'], ci, 'linear_baseline')}; test "
+                      f"macro-F1, {verdict(final['candidate'], ci, 'linear_baseline', 'macro_f1')}."]
     return [*lines, "", "![Test table](test_table.png)", "", "## Final model", "",
             f"`final/optimal_crossover_model.safetensors`: **{recipe['method']}**, the single "
             f"model with the lowest val loss ({recipe['val_loss']:.4f}); test loss "

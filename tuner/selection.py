@@ -154,3 +154,49 @@ def select_lr(
         "excluded": {str(lr): r for lr, r in (excluded or {}).items()},
         "timestamp": datetime.now(UTC).isoformat(),
     }
+
+
+def grid_edge(selected: float, tried: Sequence[float]) -> str | None:
+    """``"upper"`` when ``selected`` is the largest LR the sweep tried, ``"lower"`` when it
+    is the smallest, None when tried LRs lie on both sides (the grid brackets it)."""
+    if selected >= max(tried):
+        return "upper"
+    if selected <= min(tried):
+        return "lower"
+    return None
+
+
+def next_lr_beyond(tried: Sequence[float], edge: str) -> float:
+    """The next LR past the ``edge`` of ``tried``: one geometric step, the ratio of the two
+    outermost LRs on that side (x2 with a single LR), rounded to 3 significant digits."""
+    if edge not in ("upper", "lower"):
+        raise ValueError(f"edge must be 'upper' or 'lower', got {edge!r}")
+    pts = sorted(tried)
+    ratio = pts[-1] / pts[-2] if edge == "upper" and len(pts) > 1 else (
+        pts[1] / pts[0] if len(pts) > 1 else 2.0)
+    ratio = max(ratio, 1.5)  # two near-equal LRs would step nowhere
+    value = pts[-1] * ratio if edge == "upper" else pts[0] / ratio
+    return float(f"{value:.3g}")
+
+
+def grid_verdict(selected: float, tried: Sequence[float], completed: Sequence[float],
+                 extended: Sequence[float], limit: int) -> dict[str, Any]:
+    """Where the selected LR sits in the grid, in figures and in one sentence."""
+    edge = grid_edge(selected, tried)
+    below = sorted(lr for lr in tried if lr < selected)
+    above = sorted(lr for lr in tried if lr > selected)
+    side = {"upper": "largest", "lower": "smallest"}.get(edge or "", "")
+    if edge is None:
+        pruned_bound = [lr for lr in (below[-1], above[0]) if lr not in completed]
+        message = (f"LR {selected:g} is interior: the grid tried {below[-1]:g} below and "
+                   f"{above[0]:g} above it"
+                   + (f" ({', '.join(f'{lr:g}' for lr in pruned_bound)} pruned)" if pruned_bound
+                      else ""))
+    else:
+        direction = "above" if edge == "upper" else "below"
+        message = (f"LR {selected:g} is the {side} LR tried: the optimum may lie {direction} it; "
+                   f"still on the edge after {len(extended)} extension point(s) "
+                   f"(--extend-grid {limit})")
+    return {"edge": edge, "interior": edge is None, "tried": sorted(tried),
+            "completed": sorted(completed), "extended": list(extended),
+            "extend_limit": limit, "message": message}

@@ -91,3 +91,35 @@ def test_bad_config_values_are_quoted_in_the_error(bad, message):
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         build_model("huge")
+
+
+def test_ngram_preset_is_in_the_strategys_regime_of_many_parameters_per_training_row():
+    n = sum(p.numel() for p in build_model("ngram", device="meta").parameters())
+    assert n / 7_264 > 500, n  # the default 10,000-row sample leaves 7,264 training rows
+
+
+def test_ngram_hashes_count_characters_not_bytes_and_ignore_position():
+    from model.red_heart import ngram_hashes
+
+    tok = ByteTokenizer(64)
+    ids, mask = tok.encode_batch(["(╯°□°)", "x(╯°□°)"])
+    h = ngram_hashes(ids, mask, 3)                     # (2, W, 3)
+    chars = [1 + 6, 1 + 7]                             # CLS + characters, not UTF-8 bytes
+    for row, n_chars in enumerate(chars):
+        valid = h[row] >= 0
+        assert int(valid[:, 0].sum()) == n_chars
+        assert int(valid.sum()) == sum(max(0, n_chars - n + 1) for n in (1, 2, 3))
+    # "(╯°" starts at character 1 of the first text and character 2 of the second.
+    assert h[0, 1, 2] == h[1, 2, 2]
+    assert h[0, 1, 0] != h[0, 1, 1]  # a 1-gram and a 2-gram land apart
+
+
+def test_ngram_model_output_does_not_depend_on_padding():
+    model = build_model("ngram", dropout=0.0).eval()
+    tok = ByteTokenizer(64)
+    alone_ids, alone_mask = tok.encode_batch(["(^_^)"])
+    ids, mask = tok.encode_batch(["(^_^)", "a much longer text than the first one"])
+    with torch.no_grad():
+        alone, both = model(alone_ids, alone_mask), model(ids, mask)
+    for task, pred in alone["fused"].items():
+        assert torch.allclose(pred[0], both["fused"][task][0], atol=1e-5)

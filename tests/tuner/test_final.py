@@ -100,3 +100,37 @@ def test_a_candidate_needs_exactly_one_way_to_make_its_weights():
         Candidate("x", {})
     with pytest.raises(ValueError, match="exactly one of state or members"):
         Candidate("x", {}, state=dict, members=list)
+
+
+def test_reference_rows_and_intervals_join_the_table_but_never_become_the_final_model(
+        tmp_path, embedded_small):
+    from tuner.baselines import majority_class
+
+    ds, _ = embedded_small
+    train, val, test = _rows(ds, 0, 300), _rows(ds, 300, 450), _rows(ds, 450, 600)
+    model, spec, history = _three_checkpoints(tmp_path / "ck", ds, val)
+    candidates = build_candidates(tmp_path / "ck", spec, history, [2, 4, 6], 4,
+                                  {g: 4 for g in spec.groups}, {g: 4 for g in spec.groups},
+                                  model, val, ds.tasks)
+    # A "reference" that knows the test answers: it must still never be chosen.
+    oracle = {k: {t: (d.targets[t].float() * 20 - 10 if t != "emotion"
+                      else torch.nn.functional.one_hot(d.targets[t], 51).float() * 20)
+                  for t in d.targets} for k, d in (("val", val), ("test", test))}
+    majority = {k: majority_class(train.targets, ds.tasks, len(d)) for k, d in (("val", val),
+                                                                                ("test", test))}
+    table = build_test_table(model, candidates, val, test, ds.tasks,
+                             references={"linear_baseline": ({"oracle": True}, oracle),
+                                         "majority_class": ({}, majority)})
+    rows = {r["candidate"]: r for r in table}
+    assert [r["candidate"] for r in table][-2:] == ["linear_baseline", "majority_class"]
+    assert rows["linear_baseline"]["reference"] and rows["linear_baseline"]["test_acc"] == 1.0
+    assert rows["linear_baseline"]["val_loss"] < min(r["val_loss"] for r in table[:-2])
+    recipe = write_final_model(Session.create(tmp_path, "s"), table, candidates)
+    assert recipe["method"] in NAMES
+    best = rows["best_single_checkpoint"]["test_ci"]
+    assert best["acc_vs_best_single_checkpoint"]["diff"] == 0
+    oracle_ci = rows["linear_baseline"]["test_ci"]
+    assert oracle_ci["acc_vs_best_single_checkpoint"]["significant"]
+    assert oracle_ci["acc"]["ci"] == [1.0, 1.0]
+    assert best["acc_vs_linear_baseline"]["diff"] < 0  # every row also against the baseline
+    assert rows["linear_baseline"]["verdict"].startswith("linear baseline: +")

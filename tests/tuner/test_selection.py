@@ -78,3 +78,36 @@ def test_nothing_to_select_and_bad_weights_are_errors():
         SelectionWeights(val_loss=-1)
     with pytest.raises(ValueError, match="method must be"):
         criterion_scores({1e-4: _ev(1.0)}, "median")
+
+
+def test_grid_edge_says_where_the_selected_lr_sits():
+    from tuner.selection import grid_edge
+
+    tried = [1e-3, 2e-3, 5e-3]
+    assert grid_edge(5e-3, tried) == "upper"
+    assert grid_edge(1e-3, tried) == "lower"
+    assert grid_edge(2e-3, tried) is None
+
+
+def test_the_next_lr_beyond_an_edge_is_one_geometric_step():
+    from tuner.selection import next_lr_beyond
+
+    assert next_lr_beyond([1e-3, 2e-3, 5e-3, 1e-2, 2e-2], "upper") == pytest.approx(4e-2)
+    assert next_lr_beyond([1e-5, 5e-5, 1e-4], "lower") == pytest.approx(2e-6)
+    assert next_lr_beyond([1e-3], "upper") == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="edge must be"):
+        next_lr_beyond([1e-3], "middle")
+
+
+def test_grid_verdict_names_an_edge_and_a_bracketed_optimum():
+    from tuner.selection import grid_verdict
+
+    # The largest completed LR with a pruned (diverging) one above it is bracketed.
+    bracketed = grid_verdict(4e-2, [1e-2, 2e-2, 4e-2, 8e-2], [1e-2, 2e-2, 4e-2], [4e-2, 8e-2], 2)
+    assert bracketed["interior"] and "0.08 pruned" in bracketed["message"]
+    inside = grid_verdict(2e-2, [1e-2, 2e-2, 4e-2], [1e-2, 2e-2], [4e-2], 2)
+    assert inside["interior"] and "interior" in inside["message"] and "0.04 pruned" in inside["message"]
+    top = grid_verdict(4e-2, [1e-2, 2e-2, 4e-2], [1e-2, 2e-2, 4e-2], [4e-2], 1)
+    assert top["edge"] == "upper" and not top["interior"]
+    assert "largest LR tried" in top["message"] and "may lie above" in top["message"]
+    assert "after 1 extension point(s)" in top["message"]

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import ByteTokenizer
+from model.tasks import TaskSpec
+from storage import load_embedded
+from tuner.baselines import BaselineConfig, linear_baseline, majority_class
+from tuner.ensembles import prediction_metrics
+
+
+def test_linear_baseline_learns_the_real_corpus_and_reports_its_val_choice():
+    ds = load_embedded(3000, seed=1)
+    data = ds.encode(ds.records, ByteTokenizer(16))
+    # The sample keeps the corpus order (grouped by category): interleave the splits.
+    parts = {"train": [i for i in range(3000) if i % 10 < 8],
+             "val": list(range(8, 3000, 10)), "test": list(range(9, 3000, 10))}
+    texts = {k: [ds.records[i]["text"] for i in rows] for k, rows in parts.items()}
+    targets = {k: {t: v[rows] for t, v in data.targets.items()} for k, rows in parts.items()}
+    preds, how = linear_baseline(texts, targets, ds.tasks, BaselineConfig(c_grid=(1.0, 100.0)))
+    assert set(preds) == {"val", "test"}  # nothing predicted for train
+    linear = prediction_metrics(preds["test"], targets["test"], ds.tasks)
+    majority = prediction_metrics(majority_class(targets["train"], ds.tasks, 300), targets["test"],
+                                  ds.tasks)
+    assert linear["acc"] > majority["acc"] + 0.3, (linear["acc"], majority["acc"])
+    assert linear["loss"] < majority["loss"]
+    chosen = how["chosen_on_val"]["emotion"]
+    assert chosen["C"] in (1.0, 100.0) and set(chosen["val_scores"]) == {"1", "100"}
+    assert chosen["val_scores"][f"{chosen['C']:g}"] == max(chosen["val_scores"].values())
+    for spec in ds.tasks:
+        assert preds["test"][spec.name].shape == (300, spec.num_outputs)
+
+
+def test_majority_class_predicts_the_train_prior_for_every_row():
+    tasks = (TaskSpec("y", "single", 3), TaskSpec("tags", "multi", 2), TaskSpec("score", "regression", 1))
+    train = {"y": torch.tensor([2, 2, 1, 0, 2]),
+             "tags": torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]),
+             "score": torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0]])}
+    out = majority_class(train, tasks, 4)
+    assert out["y"].argmax(-1).tolist() == [2, 2, 2, 2]
+    assert out["y"].exp()[0].tolist() == pytest.approx([0.2, 0.2, 0.6], abs=1e-6)
+    assert out["tags"].sigmoid()[0].tolist() == pytest.approx([0.8, 0.2], abs=1e-6)
+    assert out["score"][:, 0].tolist() == pytest.approx([3.0] * 4)
+
+
+def test_a_label_constant_in_train_and_a_regression_task_are_handled():
+    texts = {"train": ["ab", "abc", "xyz", "xy", "a b", "zz"] * 3, "val": ["ab", "xy"]}
+    tasks = (TaskSpec("tags", "multi", 2), TaskSpec("score", "regression", 1))
+    targets = {"train": {"tags": torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]] * 6),
+                         "score": torch.arange(18, dtype=torch.float32).reshape(-1, 1)},
+               "val": {"tags": torch.tensor([[1.0, 0.0], [0.0, 0.0]]),
+                       "score": torch.tensor([[1.0], [2.0]])}}
+    preds, how = linear_baseline(texts, targets, tasks)
+    assert preds["val"]["tags"][:, 1].sigmoid().max() < 0.01  # never seen positive: stays off
+    assert preds["val"]["score"].shape == (2, 1)
+    assert "alpha" in how["chosen_on_val"]["score"] and how["models"]["score"] == "ridge regression"
+
+
+def test_bad_baseline_settings_name_the_value():
+    with pytest.raises(ValueError, match=r"c_grid must hold values > 0, got \(0.0,\)"):
+        BaselineConfig(c_grid=(0.0,))
