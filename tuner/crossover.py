@@ -120,10 +120,12 @@ class ResumableTPESampler(optuna.samplers.BaseSampler):
         self._inner.after_trial(study, trial, state, values)
 
 
-def _queued_or_done(study: optuna.Study, recipe: Mapping[str, int]) -> bool:
-    """Whether a trial with exactly ``recipe`` is finished, running or waiting."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
-                                                      TrialState.WAITING)):
+def _queued_or_done(study: optuna.Study, recipe: Mapping[str, int],
+                    states: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.RUNNING,
+                                                      TrialState.WAITING)) -> bool:
+    """Whether a trial with exactly ``recipe`` is in one of ``states`` (by default:
+    finished, running or waiting)."""
+    for t in study.get_trials(deepcopy=False, states=states):
         params = t.params or t.system_attrs.get("fixed_params", {})
         if {g: int(e) for g, e in params.items()} == dict(recipe):
             return True
@@ -158,10 +160,7 @@ def run_crossover_study(
 
     fail_stale_trials(study, stale_after_s)
     choices = [int(c) for c in checkpoints]
-    for recipe in first_recipes:
-        recipe = {g: int(e) for g, e in recipe.items()}
-        if not _queued_or_done(study, recipe):
-            study.enqueue_trial(recipe)
+    queue = [{g: int(e) for g, e in recipe.items()} for recipe in first_recipes]
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker_id())
@@ -178,6 +177,15 @@ def run_crossover_study(
                     metrics["loss"], metrics["acc"])
         return metrics["loss"]
 
+    # The queued recipes run one at a time, in order: a recipe whose trial died is queued
+    # again and still runs before the next one, so the completed trials (which TPE reads in
+    # order) come out as in an unbroken run.
+    for recipe in queue:
+        if _queued_or_done(study, recipe, states=(TrialState.COMPLETE,)):
+            continue
+        if not _queued_or_done(study, recipe):
+            study.enqueue_trial(recipe)
+        study.optimize(objective, n_trials=1, catch=(), show_progress_bar=False)
     # Pruned trials (damaged epochs) do not count: top up until n_trials completed, with a
     # bound so a search space that is mostly damaged cannot loop for ever.
     for _ in range(10):
