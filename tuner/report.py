@@ -226,7 +226,8 @@ def test_section(results: Mapping[str, Any], primary: str) -> list[str]:
                       f"macro-F1, {verdict(final['candidate'], ci, 'linear_baseline', 'macro_f1')}."]
     return [*lines, "", "![Test table](test_table.png)", "", "## Final model", "",
             f"`final/optimal_crossover_model.safetensors`: **{recipe['method']}**, the single "
-            f"model with the lowest val loss ({recipe['val_loss']:.4f}); test loss "
+            f"model with the best val accuracy of the primary task ({recipe['val_acc']:.4f}; ties: "
+            f"the lower val loss, here {recipe['val_loss']:.4f}); test loss "
             f"{_fmt(recipe['test_loss'])}, test accuracy {_fmt(recipe['test_acc'])}. A prediction "
             "ensemble is several models, so it is reported but not a candidate for this file. "
             "Recipe in `final/recipe.json`.", ""]

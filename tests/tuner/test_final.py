@@ -71,11 +71,11 @@ def test_the_table_has_every_candidate_in_order_with_val_and_test_metrics(tmp_pa
 
 def test_the_final_model_is_the_best_single_model_by_val_and_reloads_exactly(tmp_path, embedded_small):
     ds, val, test, _, candidates, table = _table(tmp_path, embedded_small)
-    # Even if an ensemble had the lowest val loss, the final file is one model.
-    table = [dict(r, val_loss=-1.0) if r["candidate"] == "variant_ensemble" else r for r in table]
+    # Even if an ensemble had the best val accuracy, the final file is one model.
+    table = [dict(r, val_acc=1.0) if r["candidate"] == "variant_ensemble" else r for r in table]
     session = Session.create(tmp_path, "s")
     recipe = write_final_model(session, table, candidates)
-    best = min((r for r in table if r["single_model"]), key=lambda r: r["val_loss"])
+    best = min((r for r in table if r["single_model"]), key=lambda r: (-r["val_acc"], r["val_loss"]))
     assert recipe["method"] == best["candidate"] != "variant_ensemble"
     torch.manual_seed(123)
     fresh = load_final_model(build_model("tiny", ds.tasks), session.root)
@@ -134,3 +134,15 @@ def test_reference_rows_and_intervals_join_the_table_but_never_become_the_final_
     assert oracle_ci["acc"]["ci"] == [1.0, 1.0]
     assert best["acc_vs_linear_baseline"]["diff"] < 0  # every row also against the baseline
     assert rows["linear_baseline"]["verdict"].startswith("linear baseline: +")
+
+
+def test_the_final_model_is_chosen_on_val_accuracy_with_val_loss_breaking_ties():
+    from tuner.final import selection_key
+
+    rows = [{"candidate": "early", "val_acc": 0.75, "val_loss": 1.10},
+            {"candidate": "late", "val_acc": 0.76, "val_loss": 1.30},
+            {"candidate": "late_calibrated", "val_acc": 0.76, "val_loss": 1.20}]
+    assert min(rows, key=selection_key)["candidate"] == "late_calibrated"
+    # A regression primary task has no accuracy: val loss alone decides.
+    assert min([{"val_acc": float("nan"), "val_loss": 2.0}, {"val_acc": float("nan"), "val_loss": 1.0}],
+               key=selection_key)["val_loss"] == 1.0
