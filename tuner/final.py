@@ -230,7 +230,8 @@ def write_final_model(session: Session, table: Sequence[dict],
     state = cand._cache if cand._cache is not None else cand.state()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write_bytes(session.path(FINAL_MODEL), st_save(tensors))
-    recipe = {"method": best["candidate"], **cand.how, "chosen_on": "val accuracy of the primary task (ties: val loss) among single models",
+    recipe = {"method": best["candidate"], **cand.how,
+              "chosen_on": "val accuracy of the primary task (ties: val loss) among single models",
               "val_loss": best["val_loss"], "test_loss": best["test_loss"],
               "val_acc": best["val_acc"], "test_acc": best["test_acc"]}
     session.write_json("final/recipe.json", json_safe(recipe))
