@@ -45,11 +45,13 @@ def run_seed(seed: int, workdir: Path, extra: list[str]) -> tuple[dict, float]:
     backup = workdir / f"seed_{seed}"
     cmd = [sys.executable, str(ROOT / "run_study.py"), "--no-progress", "--seed", str(seed),
            "--backup-dir", str(backup), "--study", "bench", *extra]
+    backup.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    with open(backup / "run_study.log", "a", encoding="utf-8") as log:  # phase times are in it
+        out = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - start
     if out.returncode != 0:
-        sys.exit(f"seed {seed} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+        sys.exit(f"seed {seed} failed (exit {out.returncode}); see {backup / 'run_study.log'}")
     return json.loads((backup / "bench" / "final_results.json").read_text()), wall
 
 

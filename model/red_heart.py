@@ -87,8 +87,8 @@ class RedHeartConfig:
 PRESETS: dict[str, RedHeartConfig] = {
     # CPU default: hashed byte n-gram backbone, in the strategy's regime (far more
     # parameters than training rows) and fast on 2 cores.
-    # ~10M parameters: ~1,400 per training row of the default 10,000-row sample.
-    "ngram": RedHeartConfig(backbone="ngram", d_model=128, max_length=128, neural_hidden=128,
+    # 5.9M parameters: ~800 per training row of the default 10,000-row sample.
+    "ngram": RedHeartConfig(backbone="ngram", d_model=64, max_length=128, neural_hidden=128,
                             dsp_bins=16, dsp_channels=8, adv_d_model=32, ngram_buckets=2**16,
                             adv_ngram_buckets=2**14),
     # CPU default, sized so the whole default pipeline (85 epochs over ~7,200 training

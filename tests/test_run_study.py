@@ -134,6 +134,7 @@ def _check_report_and_dashboard(session: Path, storage: str, results: dict) -> N
         if row is not results["test_table"][0]:
             assert f"- {row['verdict']}." in report
     assert "**Grid:** LR" in report
+    assert "**Final model against the linear baseline** (paired bootstrap): test accuracy, " in report
     for png in ("lr_sweep", "learning_curves", "lr_schedule", "crossover_search", "test_table"):
         assert f"]({png}.png)" in report
         assert (session / "final" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,6 @@
 """What is searched and decided: one module per phase, plus the pipeline that runs them."""
 
+from .baselines import BaselineConfig, linear_baseline, majority_class
 from .crossover import ResumableTPESampler, assemble_state, load_crossover, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
 from .data_quality import (
@@ -11,16 +12,36 @@ from .data_quality import (
 from .ensembles import average_states, evaluate_ensemble, greedy_soup, variant_recipes
 from .final import Candidate, build_candidates, build_test_table, load_final_model, write_final_model
 from .long_run import LongRunConfig, run_long_run
-from .lr_sweep import SEED_GRID, SweepConfig, open_sweep_study, run_lr_sweep, sweep_outcome
+from .lr_sweep import (
+    PRESET_GRIDS,
+    SEED_GRID,
+    SweepConfig,
+    default_grid,
+    open_sweep_study,
+    run_lr_sweep,
+    sweep_outcome,
+)
 from .pipeline import PipelineConfig, prepare_data, run
 from .pruning import PruneRule, SweepPruner, prune_reason
 from .report import write_report
-from .selection import SelectionWeights, criterion_scores, final_evaluation, select_lr
+from .selection import (
+    SelectionWeights,
+    criterion_scores,
+    final_evaluation,
+    grid_edge,
+    grid_verdict,
+    next_lr_beyond,
+    select_lr,
+)
 from .sweet_spot import OverfitConfig, find_sweet_spots
+from .uncertainty import BootstrapConfig, confidence, verdict
 
 __all__ = [
     "ARTIFACT_DIR",
+    "PRESET_GRIDS",
     "SEED_GRID",
+    "BaselineConfig",
+    "BootstrapConfig",
     "Candidate",
     "LongRunConfig",
     "OverfitConfig",
@@ -34,14 +55,21 @@ __all__ = [
     "average_states",
     "build_candidates",
     "build_test_table",
+    "confidence",
     "criterion_scores",
+    "default_grid",
     "evaluate_ensemble",
     "final_evaluation",
     "find_sweet_spots",
     "greedy_soup",
+    "grid_edge",
+    "grid_verdict",
     "ks_statistic",
+    "linear_baseline",
     "load_crossover",
     "load_final_model",
+    "majority_class",
+    "next_lr_beyond",
     "open_sweep_study",
     "prepare_data",
     "prune_reason",
@@ -56,6 +84,7 @@ __all__ = [
     "stratified_split",
     "sweep_outcome",
     "variant_recipes",
+    "verdict",
     "write_final_model",
     "write_report",
 ]
