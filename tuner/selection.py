@@ -172,8 +172,10 @@ def next_lr_beyond(tried: Sequence[float], edge: str) -> float:
     if edge not in ("upper", "lower"):
         raise ValueError(f"edge must be 'upper' or 'lower', got {edge!r}")
     pts = sorted(tried)
-    ratio = pts[-1] / pts[-2] if edge == "upper" and len(pts) > 1 else (
-        pts[1] / pts[0] if len(pts) > 1 else 2.0)
+    if len(pts) < 2:
+        ratio = 2.0
+    else:
+        ratio = pts[-1] / pts[-2] if edge == "upper" else pts[1] / pts[0]
     ratio = max(ratio, 1.5)  # two near-equal LRs would step nowhere
     value = pts[-1] * ratio if edge == "upper" else pts[0] / ratio
     return float(f"{value:.3g}")
