@@ -172,11 +172,9 @@ def next_lr_beyond(tried: Sequence[float], edge: str) -> float:
     if edge not in ("upper", "lower"):
         raise ValueError(f"edge must be 'upper' or 'lower', got {edge!r}")
     pts = sorted(tried)
-    if len(pts) < 2:
-        ratio = 2.0
-    else:
-        ratio = pts[-1] / pts[-2] if edge == "upper" else pts[1] / pts[0]
-    ratio = max(ratio, 1.5)  # two near-equal LRs would step nowhere
+    # x2 past a lone LR; at least x1.5, since two near-equal LRs would step nowhere.
+    ratio = 2.0 if len(pts) < 2 else max(pts[-1] / pts[-2] if edge == "upper" else pts[1] / pts[0],
+                                         1.5)
     value = pts[-1] * ratio if edge == "upper" else pts[0] / ratio
     return float(f"{value:.3g}")
 
