@@ -104,7 +104,7 @@ def test_ngram_hashes_count_characters_not_bytes_and_ignore_position():
     tok = ByteTokenizer(64)
     ids, mask = tok.encode_batch(["(╯°□°)", "x(╯°□°)"])
     h = ngram_hashes(ids, mask, 3)                     # (2, W, 3)
-    chars = [1 + 6, 1 + 7]                             # CLS + characters, not UTF-8 bytes
+    chars = [1 + 6 + 1, 1 + 7 + 1]                     # CLS + characters + end, not UTF-8 bytes
     for row, n_chars in enumerate(chars):
         valid = h[row] >= 0
         assert int(valid[:, 0].sum()) == n_chars
@@ -112,6 +112,20 @@ def test_ngram_hashes_count_characters_not_bytes_and_ignore_position():
     # "(╯°" starts at character 1 of the first text and character 2 of the second.
     assert h[0, 1, 2] == h[1, 2, 2]
     assert h[0, 1, 0] != h[0, 1, 1]  # a 1-gram and a 2-gram land apart
+
+
+def test_ngram_hashes_mark_where_a_text_ends():
+    from model.red_heart import ngram_hashes
+
+    tok = ByteTokenizer(64)
+    ids, mask = tok.encode_batch(["(^_^)", "(^_^)x"])
+    h = ngram_hashes(ids, mask, 2)                     # (2, W, 2)
+    # ")" is character 5 in both; the 2-gram starting there is ")<end>" in the first
+    # text and ")x" in the second, and the end marker is a 1-gram of its own.
+    assert h[0, 5, 0] == h[1, 5, 0]
+    assert h[0, 5, 1] != h[1, 5, 1]
+    assert h[0, 6, 0] >= 0 and h[0, 6, 0] != h[1, 6, 0]
+    assert h[0, 6, 1] == -1  # nothing follows the end marker
 
 
 def test_ngram_model_output_does_not_depend_on_padding():
