@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """redheart-tuner command line: parse flags (and a TOML config), set up logging, run the pipeline.
 
-    python run_study.py                      # embedded corpus, tiny preset, the seed's protocol
+    python run_study.py                      # embedded corpus, ngram preset, the strategy's protocol
     python run_study.py --data-path my.json --label-fields label --device auto
     python run_study.py --smoke              # the whole pipeline's shape at toy size
     python run_study.py --config study.toml  # flags override the file
@@ -12,26 +12,42 @@ Rerun the same command after any interruption: it resumes from the storage and f
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import tomllib
+import warnings
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
+import optuna
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model.training import TrainConfig
-from storage.studies import dashboard_command
+from storage import read_json
+from storage.studies import dashboard_command, mask_url
 from tuner.dashboard import ARTIFACT_DIR
 from tuner.long_run import LongRunConfig
-from tuner.lr_sweep import PRESET_GRIDS, SEED_GRID, SweepConfig
+from tuner.lr_sweep import PRESET_GRIDS, STRATEGY_GRID, SweepConfig
 from tuner.pipeline import PipelineConfig, run, storage_url
-from tuner.sweet_spot import OverfitConfig
+from tuner.report import run_summary
+from tuner.sweet_spot import CRITERIA, OverfitConfig
 
 logger = logging.getLogger("run_study")
 
 # --smoke: every phase at toy size (applies where a flag was not given explicitly).
 SMOKE = {"max_samples": 400, "sweep_epochs": 2, "epochs": 4, "checkpoint_every": 2,
          "crossover_trials": 4}
+# Old spellings of the strategy's rules ("seed" read as the RNG seed): accepted for now.
+_DEPRECATED = {"selection_method": {"seed": "strategy"}, "overfit_criterion": {"seed": "gap-rise"}}
+
+
+def _default(cls: type, name: str) -> Any:
+    """A dataclass field's default: the one place every default lives."""
+    f = {f.name: f for f in fields(cls)}[name]
+    return f.default if f.default is not MISSING else f.default_factory()
 
 
 def _fmt_grid(grid: tuple[float, ...]) -> str:
@@ -39,77 +55,94 @@ def _fmt_grid(grid: tuple[float, ...]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Flags default to None: the config dataclasses fill in what a flag leaves unset, so
+    --help (which quotes them), a TOML file and the code cannot disagree."""
+    def d(cls: type, name: str) -> str:
+        return f"(default: {_default(cls, name)})"
+
+    P, T, S, L = PipelineConfig, TrainConfig, SweepConfig, LongRunConfig
     p = argparse.ArgumentParser(
         prog="run_study.py",
         description="Run the Red Heart training strategy with Optuna: data quality, LR sweep, "
-                    "long run with modular checkpoints. Rerun the same command to resume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "long run with modular checkpoints. Rerun the same command to resume.")
     g = p.add_argument_group("study")
-    g.add_argument("--config", default=None, help="TOML file of settings (flag names); flags win")
-    g.add_argument("--study-name", "--study", dest="study", default="redheart",
-                   help="study name: session folder and the <name>-lr-sweep / -long-run studies")
-    g.add_argument("--backup-dir", default="runs", help="where session folders go")
-    g.add_argument("--storage", default=None,
+    g.add_argument("--config", help="TOML file of settings (flag names); flags win")
+    g.add_argument("--study-name", "--study", dest="study",
+                   help=f"study name: session folder and the <name>-lr-sweep / -long-run / "
+                        f"-crossover studies {d(P, 'study')}")
+    g.add_argument("--backup-dir", help=f"where session folders go {d(P, 'backup_dir')}")
+    g.add_argument("--storage",
                    help="Optuna storage URL (sqlite:///..., postgresql://..., mysql://..., "
-                        "journal:///file.log); default sqlite:///<backup-dir>/<study>.db")
-    g.add_argument("--seed", type=int, default=0, help="seed for sampling, splits and training")
+                        "journal:///file.log) (default: sqlite:///<backup-dir>/<study>.db)")
+    g.add_argument("--seed", type=int,
+                   help=f"random seed for sampling, splits and training {d(T, 'seed')}")
     g.add_argument("--smoke", action="store_true", help=f"toy-size run of every phase: {SMOKE}")
-    d = p.add_argument_group("data")
-    d.add_argument("--data-path", "--data", dest="data", default=None,
-                   help="JSON list or JSONL file of objects; default: the embedded kaomoji corpus")
-    d.add_argument("--text-field", default="text", help="field holding the text")
-    d.add_argument("--label-fields", default="label",
-                   help="comma-separated label fields, one task each (first = primary)")
-    d.add_argument("--max-samples", type=int, default=None,
-                   help="seeded sample size (default 10000, as the seed)")
-    d.add_argument("--val-ratio", type=float, default=0.1)
-    d.add_argument("--test-ratio", type=float, default=0.1,
-                   help="held-out test split no selection sees; 0 = the seed's two-way split")
-    d.add_argument("--dedup-threshold", type=float, default=0.92,
-                   help="rapidfuzz ratio / 100 at or above which a later row is a near-duplicate")
-    d.add_argument("--conflict-policy", default="keep_first", choices=("keep_first", "drop_group"),
-                   help="duplicate groups whose labels disagree: keep the first row, or drop all")
+    dg = p.add_argument_group("data")
+    dg.add_argument("--data-path", "--data", dest="data",
+                    help="JSON list or JSONL file of objects (default: the embedded kaomoji corpus)")
+    dg.add_argument("--text-field", help=f"field holding the text {d(P, 'text_field')}")
+    dg.add_argument("--label-fields",
+                    help="comma-separated label fields, one task each (first = primary) "
+                         f"(default: {','.join(_default(P, 'label_fields'))})")
+    dg.add_argument("--max-samples", type=int, help=f"seeded sample size {d(P, 'max_samples')}")
+    dg.add_argument("--val-ratio", type=float, help=d(P, "val_ratio"))
+    dg.add_argument("--test-ratio", type=float,
+                    help="held-out test split no selection sees; 0 = the strategy's two-way "
+                         f"split {d(P, 'test_ratio')}")
+    dg.add_argument("--dedup-threshold", type=float,
+                    help="rapidfuzz ratio / 100 at or above which a later row is a "
+                         f"near-duplicate {d(P, 'dedup_threshold')}")
+    dg.add_argument("--conflict-policy", choices=("keep_first", "drop_group"),
+                    help="duplicate groups whose labels disagree: keep the first row, or drop "
+                         f"all {d(P, 'conflict_policy')}")
     m = p.add_argument_group("model")
-    m.add_argument("--preset", default="ngram",
-                   help="ngram (CPU: hashed character n-grams) | tiny | small | base | 730m "
-                        "(byte transformers, for GPUs)")
-    m.add_argument("--model", default=None, help="your own model: package.module:factory")
-    m.add_argument("--max-length", type=int, default=None,
-                   help="tokens per text (bytes + CLS); default: the preset's")
-    m.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
+    m.add_argument("--preset", help="ngram (CPU: hashed character n-grams) | tiny | small | "
+                                    f"base | 730m (byte transformers, for GPUs) {d(P, 'preset')}")
+    m.add_argument("--model", help="your own model: package.module:factory")
+    m.add_argument("--max-length", type=int,
+                   help="tokens per text (bytes + CLS) (default: the preset's)")
+    m.add_argument("--device", help=f"auto | cpu | cuda | cuda:N {d(P, 'device')}")
     t = p.add_argument_group("training")
-    t.add_argument("--lr-grid", default=None,
-                   help="comma-separated LRs of the sweep; default: the preset's five "
-                        f"({', '.join(f'{k}: {_fmt_grid(v)}' for k, v in PRESET_GRIDS.items())}; "
-                        f"the seed's {_fmt_grid(SEED_GRID)} for a --model)")
-    t.add_argument("--extend-grid", type=int, default=2,
+    t.add_argument("--lr-grid",
+                   help="comma-separated LRs of the sweep (default: the preset's five: "
+                        f"{'; '.join(f'{k}: {_fmt_grid(v)}' for k, v in PRESET_GRIDS.items())}; "
+                        f"for a --model: {_fmt_grid(STRATEGY_GRID)})")
+    t.add_argument("--extend-grid", type=int,
                    help="when the selected LR is the largest or smallest tried, add up to N "
-                        "more points beyond that edge, one at a time (0 = never)")
-    t.add_argument("--sweep-epochs", type=int, default=None, help="epochs per LR (default 5)")
-    t.add_argument("--epochs", type=int, default=None, help="long-run epochs (default 60)")
-    t.add_argument("--checkpoint-every", type=int, default=None,
-                   help="epochs between modular checkpoints (default 2)")
-    t.add_argument("--batch-size", type=int, default=64)
+                        f"more points beyond that edge, one at a time (0 = never) "
+                        f"{d(S, 'extend_grid')}")
+    t.add_argument("--sweep-epochs", type=int, help=f"epochs per LR {d(S, 'epochs')}")
+    t.add_argument("--epochs", type=int, help=f"long-run epochs {d(L, 'epochs')}")
+    t.add_argument("--checkpoint-every", type=int,
+                   help=f"epochs between modular checkpoints {d(L, 'checkpoint_every')}")
+    t.add_argument("--batch-size", type=int, help=d(T, "batch_size"))
     t.add_argument("--gradient-accumulation", "--grad-accum", dest="grad_accum", type=int,
-                   default=1, help="micro-batches per optimizer step")
-    t.add_argument("--label-smoothing", type=float, default=0.05)
-    t.add_argument("--r-drop", type=float, default=1.0, help="R-Drop lambda; 0 = off")
-    t.add_argument("--ema-decay", type=float, default=0.999, help="0 = no EMA")
-    t.add_argument("--llrd-decay", type=float, default=0.9, help="1 = no layer-wise LR decay")
-    t.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
-    t.add_argument("--selection-method", default="normalized", choices=("normalized", "seed"),
-                   help="LR selection: scale-free criteria, or the seed's literal formulas")
-    t.add_argument("--crossover-trials", type=int, default=None,
-                   help="TPE crossover trials after the two queued ones (default 30)")
-    t.add_argument("--stop-after", type=int, default=4, choices=range(5), metavar="{0..4}",
-                   help="the last phase to run (0: data quality only; default 4: everything)")
-    t.add_argument("--overfit-criterion", default="gl", choices=("seed", "gl", "pq", "up"),
-                   help="which overfitting criterion bounds the sweet spots (all are reported)")
+                   help=f"micro-batches per optimizer step {d(T, 'grad_accum')}")
+    t.add_argument("--label-smoothing", type=float, help=d(T, "label_smoothing"))
+    t.add_argument("--r-drop", type=float, help=f"R-Drop lambda; 0 = off {d(T, 'r_drop')}")
+    t.add_argument("--ema-decay", type=float, help=f"0 = no EMA {d(T, 'ema_decay')}")
+    t.add_argument("--llrd-decay", type=float,
+                   help=f"1 = no layer-wise LR decay {d(T, 'llrd_decay')}")
+    t.add_argument("--precision", help=f"auto | fp32 | bf16 | fp16 {d(T, 'precision')}")
+    t.add_argument("--selection-method", choices=("normalized", "strategy", "seed"),
+                   help="LR selection: scale-free criteria, or the strategy's literal formulas "
+                        f"('seed' is the old name of 'strategy') {d(P, 'selection_method')}")
+    t.add_argument("--crossover-trials", type=int,
+                   help=f"TPE crossover trials after the queued ones {d(P, 'crossover_trials')}")
+    t.add_argument("--stop-after", type=int, choices=range(5), metavar="{0..4}",
+                   help="the last phase to run (0: data quality only; 4: everything) "
+                        f"{d(P, 'stop_after')}")
+    t.add_argument("--overfit-criterion", choices=(*CRITERIA, "seed"),
+                   help="which overfitting criterion bounds the sweet spots (all are reported; "
+                        f"'seed' is the old name of 'gap-rise') {d(OverfitConfig, 'decide_by')}")
     o = p.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
-    o.add_argument("--log-level", default="INFO")
+    o.add_argument("--log-level", default="INFO", help="DEBUG also shows Optuna's per-trial lines")
     o.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     return p
+
+
+_RENAMED = {"data_path": "data", "study_name": "study", "gradient_accumulation": "grad_accum"}
 
 
 def _apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
@@ -120,12 +153,11 @@ def _apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
         raise ValueError(f"{path}: cannot read the config file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML: {e}") from None
-    known = {a.dest for a in parser._actions}
+    known = set(vars(parser.parse_args([])))
     defaults = {}
     for key, value in data.items():
         dest = key.replace("-", "_")
-        dest = {"data_path": "data", "study_name": "study", "gradient_accumulation": "grad_accum"}.get(
-            dest, dest)
+        dest = _RENAMED.get(dest, dest)
         if dest not in known or dest in ("config", "help"):
             raise ValueError(f"{path}: unknown setting {key!r}; expected a run_study.py flag name")
         if dest == "lr_grid" and isinstance(value, list):
@@ -146,64 +178,135 @@ def _device(name: str) -> str:
 
 def _lr_grid(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        return tuple(float(x) for x in str(text).split(",") if x.strip())
     except ValueError:
         raise ValueError(f"--lr-grid must be comma-separated numbers, got {text!r}") from None
 
 
+def _undeprecate(args: argparse.Namespace) -> None:
+    for dest, renames in _DEPRECATED.items():
+        old = getattr(args, dest)
+        if old in renames:
+            flag = "--" + dest.replace("_", "-")
+            warnings.warn(f"{flag} {old} is deprecated: use {flag} {renames[old]}",
+                          FutureWarning, stacklevel=2)
+            setattr(args, dest, renames[old])
+
+
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The configs from the flags: a flag left unset keeps the dataclass default (or the
+    --smoke size)."""
+    _undeprecate(args)
     smoke = SMOKE if args.smoke else {}
 
-    def pick(name: str, default: int) -> int:
-        value = getattr(args, name)
-        return value if value is not None else smoke.get(name, default)
+    def given(**names: str) -> dict[str, Any]:
+        """config field -> flag value, for the flags that were given (or set by --smoke)."""
+        out = {}
+        for field_name, dest in names.items():
+            value = getattr(args, dest)
+            value = value if value is not None else smoke.get(dest)
+            if value is not None:
+                out[field_name] = value
+        return out
 
-    train = TrainConfig(
-        epochs=pick("epochs", 60), batch_size=args.batch_size, grad_accum=args.grad_accum,
-        label_smoothing=args.label_smoothing, r_drop=args.r_drop, ema_decay=args.ema_decay,
-        llrd_decay=args.llrd_decay, precision=args.precision, seed=args.seed,
-        progress=not args.no_progress)
+    train = TrainConfig(**given(batch_size="batch_size", grad_accum="grad_accum",
+                                label_smoothing="label_smoothing", r_drop="r_drop",
+                                ema_decay="ema_decay", llrd_decay="llrd_decay",
+                                precision="precision", seed="seed"),
+                        progress=not args.no_progress)
+    sweep = given(epochs="sweep_epochs", extend_grid="extend_grid")
+    if args.lr_grid is not None:
+        sweep["lr_grid"] = _lr_grid(args.lr_grid)
+    top = given(study="study", backup_dir="backup_dir", data="data", storage="storage",
+                text_field="text_field", max_samples="max_samples", preset="preset",
+                model="model", max_length="max_length", val_ratio="val_ratio",
+                test_ratio="test_ratio", dedup_threshold="dedup_threshold",
+                conflict_policy="conflict_policy", selection_method="selection_method",
+                crossover_trials="crossover_trials", stop_after="stop_after")
+    if args.label_fields is not None:
+        top["label_fields"] = tuple(f.strip() for f in args.label_fields.split(",") if f.strip())
+    if args.device is not None:
+        top["device"] = _device(args.device)
     return PipelineConfig(
-        study=args.study, backup_dir=args.backup_dir, data=args.data, storage=args.storage,
-        text_field=args.text_field,
-        label_fields=tuple(f.strip() for f in args.label_fields.split(",") if f.strip()),
-        max_samples=pick("max_samples", 10_000), preset=args.preset, model=args.model,
-        max_length=args.max_length, device=_device(args.device), val_ratio=args.val_ratio,
-        test_ratio=args.test_ratio, dedup_threshold=args.dedup_threshold,
-        conflict_policy=args.conflict_policy, train=train,
-        sweep=SweepConfig(lr_grid=None if args.lr_grid is None else _lr_grid(args.lr_grid),
-                          epochs=pick("sweep_epochs", 5), extend_grid=args.extend_grid),
-        long_run=LongRunConfig(epochs=pick("epochs", 60),
-                               checkpoint_every=pick("checkpoint_every", 2)),
-        selection_method=args.selection_method,
-        overfit=OverfitConfig(decide_by=args.overfit_criterion),
-        crossover_trials=pick("crossover_trials", 30), stop_after=args.stop_after)
+        **top, train=train, sweep=SweepConfig(**sweep),
+        long_run=LongRunConfig(**given(epochs="epochs", checkpoint_every="checkpoint_every")),
+        overfit=OverfitConfig(**given(decide_by="overfit_criterion")))
+
+
+class _DropInterrupts(logging.Filter):
+    """Optuna logs a trial that Ctrl-C stopped as failed, with a traceback; the run
+    already says it was interrupted in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Optuna's own line per trial repeats ours: shown only when debugging.
+    debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    optuna.logging.set_verbosity(logging.DEBUG if debug else logging.WARNING)
+    optuna.logging.get_logger("optuna").addFilter(_DropInterrupts())
+
+
+def _print_summary(cfg: PipelineConfig) -> None:
+    root = Path(cfg.backup_dir) / cfg.study
+
+    def load(*parts: str) -> dict | None:
+        path = root.joinpath(*parts)
+        return read_json(path) if path.is_file() else None
+
+    lines = run_summary(load("lr_sweep", "lr_selection_report.json"),
+                        load("analysis", "sweet_spot_analysis.json"),
+                        load("final_results.json"), str(root / "final" / "report.md"),
+                        dashboard_command(storage_url(cfg), root / ARTIFACT_DIR))
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     first, _ = parser.parse_known_args(argv)
+    cfg: PipelineConfig | None = None
     try:
         if first.config:
             _apply_config_file(parser, first.config)
         args = parser.parse_args(argv)
-        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _setup_logging(args.log_level)
         cfg = config_from_args(args)
         artifacts = Path(cfg.backup_dir) / cfg.study / ARTIFACT_DIR
         print(f"watch it live: {dashboard_command(storage_url(cfg), artifacts)}", file=sys.stderr,
               flush=True)
-        run(cfg)
+        # Log lines go through tqdm, so they never land in the middle of a progress bar.
+        with logging_redirect_tqdm():
+            run(cfg)
+        _print_summary(cfg)
     except (ValueError, OSError) as e:
-        # Errors a user can cause: one line and a non-zero exit, not a traceback.
+        # Errors a user can cause: a message and a non-zero exit, not a traceback.
         if first.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not _disk_full(e) or first.debug:
+            raise
+        where = mask_url(storage_url(cfg)) if cfg is not None else "the storage"
+        print(f"error: the Optuna storage {where} ran out of disk space: "
+              "free some space, then rerun the same command to resume", file=sys.stderr)
+        return 2
     return 0
+
+
+def _disk_full(e: BaseException) -> bool:
+    """SQLite's "database or disk is full", however the storage layers wrap it."""
+    while e is not None:
+        if "disk is full" in str(e) or getattr(e, "errno", None) == errno.ENOSPC:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Checkpoint cost: our modular safetensors checkpoint against the seed's scheme.
+"""Checkpoint cost: our modular safetensors checkpoint against the strategy's scheme.
 
 Seed (section 4.1): torch.save of the model states by group, the full optimizer state
 and the metrics, plus a gzip copy of the same. Ours: one safetensors file per module

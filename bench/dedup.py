@@ -1,4 +1,4 @@
-"""Near-duplicate removal: tuner.data_quality against the seed's double loop.
+"""Near-duplicate removal: tuner.data_quality against the strategy's double loop.
 
 Both run on the same embedded rows in this one process; the kept sets are compared,
 then the fast path runs alone on the whole corpus (seconds and peak memory).

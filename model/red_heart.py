@@ -100,7 +100,7 @@ PRESETS: dict[str, RedHeartConfig] = {
     "base": RedHeartConfig(d_model=384, n_layers=6, n_heads=6, d_ff=1536, max_length=128,
                            neural_hidden=384, dsp_bins=32, dsp_channels=16, adv_d_model=128,
                            adv_layers=2, adv_heads=4, adv_d_ff=512),
-    # The seed's scale: ~730M parameters (tests check within 3% on the meta device).
+    # The strategy's scale: ~730M parameters (tests check within 3% on the meta device).
     "730m": RedHeartConfig(d_model=1536, n_layers=24, n_heads=16, d_ff=6144, max_length=256,
                            neural_hidden=1536, dsp_bins=64, dsp_channels=32, adv_d_model=768,
                            adv_layers=2, adv_heads=12, adv_d_ff=3072),

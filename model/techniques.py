@@ -1,4 +1,4 @@
-"""Training techniques of the seed (section 4.2), each a small pure piece.
+"""Training techniques of the strategy (section 4.2), each a small pure piece.
 
 - multi-module loss with label smoothing: fused loss + aux_weight x each module's own loss
 - R-Drop (Liang et al. 2021): two dropout passes, symmetric KL between them

@@ -13,8 +13,9 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,12 +39,12 @@ _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of the engine; the defaults are the seed's long-run settings."""
+    """Hyperparameters of the engine; the defaults are the strategy's long-run settings."""
 
     lr: float = 1e-4
     epochs: int = 60
     batch_size: int = 64
-    grad_accum: int = 1  # effective batch 64, as the seed's 4 x 16
+    grad_accum: int = 1  # effective batch 64, as the strategy's 4 x 16
     weight_decay: float = 0.01
     label_smoothing: float = 0.05
     r_drop: float = 1.0  # R-Drop lambda; 0 turns it off
@@ -153,10 +154,62 @@ class Engine:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
     amp_dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
+    scaler: torch.amp.GradScaler | None = None  # enabled for fp16 only
     ema: nn.Module | None = None
     spec: GroupSpec | None = None  # set: per-group gradient stats of each epoch's last step
     history: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything training changes, split for safe storage: named tensors (weights,
+        optimizer moments, EMA, torch RNG) and plain JSON-able data (optimizer groups and
+        step counts, scheduler, scaler)."""
+        opt_tensors, opt_plain = _split_optimizer(self.optimizer.state_dict())
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(opt_tensors)
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        plain = {"optimizer": opt_plain, "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
+        return tensors, plain
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` returned into an engine built the same way."""
+        self.model.load_state_dict(_under(tensors, "model."))
+        self.optimizer.load_state_dict(_join_optimizer(plain["optimizer"], tensors))
+        self.scheduler.load_state_dict(plain["scheduler"])
+        if self.scaler is not None and plain.get("scaler"):
+            self.scaler.load_state_dict(plain["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(_under(tensors, "ema."))
+        torch.set_rng_state(tensors["rng.torch"])
+
+
+def _under(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries named ``prefix...``, with the prefix removed."""
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state_dict as named tensors plus plain data that points at them."""
+    tensors, plain = {}, {"state": {}, "param_groups": state["param_groups"]}
+    for pid, entries in state["state"].items():
+        plain["state"][str(pid)] = {}
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{name}"] = value
+                plain["state"][str(pid)][name] = {"tensor": f"optimizer.{pid}.{name}"}
+            else:
+                plain["state"][str(pid)][name] = {"value": value}
+    return tensors, plain
+
+
+def _join_optimizer(plain: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict:
+    state = {}
+    for pid, entries in plain["state"].items():
+        state[int(pid)] = {name: tensors[e["tensor"]] if "tensor" in e else e["value"]
+                           for name, e in entries.items()}
+    return {"state": state, "param_groups": plain["param_groups"]}
 
 
 def build_engine(
@@ -177,7 +230,8 @@ def build_engine(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, steps_per_epoch * config.epochs))
     amp_dtype = _resolve_precision(config.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    # Disabled, every scaler call passes through: one code path for fp16 and the rest.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = build_ema(model, config.ema_decay) if config.ema_decay > 0 else None
     return Engine(model, tuple(tasks), config, optimizer, scheduler, device, amp_dtype, scaler, ema,
                   spec)
@@ -208,16 +262,22 @@ def _peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def tensor_stats(t: torch.Tensor) -> dict[str, float]:
+    """mean, std, norm, max, min, sparsity (share of |x| < 1e-6) and count of a tensor."""
+    t = t.detach().float().flatten()
+    return {"mean": float(t.mean()), "std": float(t.std()) if t.numel() > 1 else 0.0,
+            "norm": float(t.norm()), "max": float(t.max()), "min": float(t.min()),
+            "sparsity": float((t.abs() < 1e-6).float().mean()), "count": t.numel()}
+
+
 def _group_grad_stats(model: nn.Module, spec: GroupSpec) -> dict[str, dict[str, float]]:
-    """mean, std, norm, max, min of each group's gradient (before clipping)."""
+    """``tensor_stats`` of each group's gradient (before clipping)."""
     out = {}
     for group in spec.groups:
-        grads = [p.grad.detach().float().flatten() for _, p in spec.named_parameters_of(model, group)
+        grads = [p.grad.detach().flatten() for _, p in spec.named_parameters_of(model, group)
                  if p.grad is not None]
         if grads:
-            g = torch.cat(grads)
-            out[group] = {"mean": float(g.mean()), "std": float(g.std()) if g.numel() > 1 else 0.0,
-                          "norm": float(g.norm()), "max": float(g.max()), "min": float(g.min())}
+            out[group] = tensor_stats(torch.cat(grads))
     return out
 
 
@@ -303,7 +363,7 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
 
         # -- phase 3: backward, averaged over the accumulation group.
         scaled = loss / group_size
-        (engine.scaler.scale(scaled) if engine.scaler else scaled).backward()
+        engine.scaler.scale(scaled).backward()
         correct += correct_rows(primary, first["fused"][primary.name].detach(), targets[primary.name])
         fused_sum += losses["fused"].detach().double() * rows
         objective_sum += loss.detach().double() * rows
@@ -311,19 +371,15 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
 
         # -- phase 4: optimizer step at the end of each accumulation group.
         if i - group_start + 1 == group_size:
-            if engine.scaler:
-                engine.scaler.unscale_(engine.optimizer)
+            engine.scaler.unscale_(engine.optimizer)
             grads = [p.grad for p in params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm)
             if engine.spec is not None and i == len(batches) - 1:
                 group_grads = _group_grad_stats(model, engine.spec)
-            if engine.scaler:
-                engine.scaler.step(engine.optimizer)
-                engine.scaler.update()
-            else:
-                engine.optimizer.step()
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
             engine.scheduler.step()
             engine.optimizer.zero_grad(set_to_none=True)
             if engine.ema is not None:

@@ -44,11 +44,8 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -148,52 +145,21 @@ class ResumeState:
     meta: dict[str, Any]
 
 
-def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, plain = {}, {"state": {}, "param_groups": state["param_groups"]}
-    for pid, entries in state["state"].items():
-        plain["state"][str(pid)] = {}
-        for name, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{pid}.{name}"] = value
-                plain["state"][str(pid)][name] = {"tensor": f"optimizer.{pid}.{name}"}
-            else:
-                plain["state"][str(pid)][name] = {"value": value}
-    return tensors, plain
-
-
-def _join_optimizer(plain: dict, tensors: Mapping[str, torch.Tensor]) -> dict:
-    state = {}
-    for pid, entries in plain["state"].items():
-        state[int(pid)] = {name: tensors[e["tensor"]] if "tensor" in e else e["value"]
-                           for name, e in entries.items()}
-    return {"state": state, "param_groups": plain["param_groups"]}
-
-
 RESUME_KEEP = 2  # the newest state and the one before it, to fall back to
 
 
-def save_resume(folder: Path, epoch: int, engine: Any, extra: Mapping[str, Any]) -> None:
-    """Everything needed to continue after ``epoch``: weights, optimizer, scheduler,
-    scaler, EMA and RNG, as ``state_epoch_XXX.safetensors`` plus its ``.json`` (sha256,
-    bytes, the plain-data state). The newest two states are kept, so a damaged newest one
-    falls back to the one before; ``state.json`` (a copy of the newest meta) is written last."""
-    opt_tensors, opt_plain = _split_optimizer(engine.optimizer.state_dict())
-    tensors = {f"model.{k}": v for k, v in engine.model.state_dict().items()}
-    tensors.update(opt_tensors)
-    if engine.ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in engine.ema.state_dict().items()})
-    tensors["rng.torch"] = torch.get_rng_state()
+def save_resume(folder: Path, epoch: int, tensors: Mapping[str, torch.Tensor],
+                meta: Mapping[str, Any]) -> None:
+    """Everything needed to continue after ``epoch`` (an engine's ``state_dict()``: named
+    tensors plus plain data, and the caller's extra meta) as ``state_epoch_XXX.safetensors``
+    plus its ``.json`` (sha256, bytes, the plain data). The newest two states are kept, so
+    a damaged newest one falls back to the one before; ``state.json`` (a copy of the newest
+    meta) is written last."""
     name = f"state_epoch_{epoch:03d}.safetensors"
-    info = _write_tensors(folder / name, tensors)
-    meta = {
-        "epoch": epoch, "file": name, **info,
-        "optimizer": opt_plain,
-        "scheduler": engine.scheduler.state_dict(),
-        "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
-        **extra,
-    }
-    write_json(folder / name.replace(".safetensors", ".json"), meta)
-    write_json(folder / "state.json", meta)
+    info = _write_tensors(folder / name, dict(tensors))
+    full = {"epoch": epoch, "file": name, **info, **meta}
+    write_json(folder / name.replace(".safetensors", ".json"), full)
+    write_json(folder / "state.json", full)
     for old in _state_epochs(folder)[RESUME_KEEP:]:
         for suffix in (".safetensors", ".json"):
             (folder / f"state_epoch_{old:03d}{suffix}").unlink(missing_ok=True)
@@ -246,16 +212,3 @@ def read_resume(folder: Path) -> ResumeState | None:
             logger.warning("resuming from the newest intact state, epoch %d", state.epoch)
         return state
     raise CheckpointError("no intact resume state: " + "; ".join(errors))
-
-
-def restore_engine(engine: Any, state: ResumeState) -> None:
-    """Load a resume state into a freshly built engine (same model, config and data)."""
-    t = state.tensors
-    engine.model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
-    engine.optimizer.load_state_dict(_join_optimizer(state.meta["optimizer"], t))
-    engine.scheduler.load_state_dict(state.meta["scheduler"])
-    if engine.scaler is not None and state.meta.get("scaler"):
-        engine.scaler.load_state_dict(state.meta["scaler"])
-    if engine.ema is not None:
-        engine.ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
-    torch.set_rng_state(t["rng.torch"])

@@ -10,6 +10,7 @@ import logging
 import random
 import sqlite3
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -106,3 +107,13 @@ def dashboard_command(url: str, artifact_dir: str | Path | None = None) -> str:
     if artifact_dir is not None:
         cmd += f" --artifact-dir {artifact_dir}"
     return cmd
+
+
+def name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """Name the study's objective(s) for the dashboard ("Objective 0" otherwise). Optuna
+    marks ``set_metric_names`` experimental; the warning would reach every user's terminal."""
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)

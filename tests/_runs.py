@@ -66,7 +66,7 @@ def outcome(backup: Path) -> dict:
     done = [t for t in long_run.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 1
     recipes = Counter(tuple(sorted(t.params.items())) for t in crossover.trials
-                      if t.state == TrialState.COMPLETE and "fixed_params" in t.system_attrs)
+                      if t.state == TrialState.COMPLETE and "queued_recipe" in t.user_attrs)
     assert all(n == 1 for n in recipes.values()), recipes  # no queued recipe completed twice
     session = backup / STUDY
     assert not list(session.rglob("*.tmp"))

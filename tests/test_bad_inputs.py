@@ -18,6 +18,7 @@ import pytest
 
 import run_study
 from storage.studies import create_storage
+from tuner.settings import FORMAT_VERSION, fingerprint
 
 ROWS = [{"text": f"{word} number {i}", "label": word}
         for i in range(30) for word in ("happy", "sad", "angry")]
@@ -92,9 +93,24 @@ def _snapshot(backup: Path) -> dict:
     return {"files": files, "trials": trials}
 
 
+def _argv(backup: Path, data: Path, *extra: str, study: str = "s") -> list[str]:
+    return ["--no-progress", "--data", str(data), "--backup-dir", str(backup), "--study", study,
+            "--stop-after", "0", *extra]
+
+
 def _main(backup: Path, data: Path, *extra: str, study: str = "s") -> int:
-    return run_study.main(["--no-progress", "--data", str(data), "--backup-dir", str(backup),
-                           "--study", study, "--stop-after", "0", *extra])
+    return run_study.main(_argv(backup, data, *extra, study=study))
+
+
+def _same_settings(backup: Path, argv: list[str]) -> None:
+    """Give the existing session the settings ``argv`` runs with, as a rerun of the same
+    command finds them: each case then meets its own error, not a settings mismatch."""
+    try:
+        cfg = run_study.config_from_args(run_study._parser().parse_args(argv))
+    except ValueError:
+        return  # refused while reading the flags, before any session is looked at
+    (backup / "s" / "settings.json").write_text(json.dumps(
+        {"format_version": FORMAT_VERSION, "settings": fingerprint(cfg)}))
 
 
 @pytest.mark.parametrize("name, filename, content, extra, message", REFUSED,
@@ -103,6 +119,7 @@ def test_bad_input_exits_2_with_one_clear_line_and_touches_nothing(
         tmp_path, existing, capsys, name, filename, content, extra, message):
     data = tmp_path / filename
     data.write_bytes(content)
+    _same_settings(existing, _argv(existing, data, *extra))
     before = _snapshot(existing)
     assert _main(existing, data, *extra) == 2
     err = capsys.readouterr().err

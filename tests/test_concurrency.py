@@ -106,13 +106,15 @@ def test_two_workers_share_the_grid_and_one_of_them_runs_the_rest(tmp_path, back
                        if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
     # Each point once (an edge extension, if any, adds points beyond the grid, once each too).
     assert set(PRESET_GRIDS["ngram"]) <= set(finished) and set(finished.values()) == {1}
+    # Points are claimed before they start: no trial ends FAILED as a duplicate.
+    assert [t.number for t in sweep.trials if t.state == TrialState.FAIL] == []
     ran_by = {t.user_attrs["worker"] for t in sweep.trials
               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
     long_run = optuna.load_study(study_name=f"{STUDY}-long-run", storage=storage)
     assert [t.state for t in long_run.trials].count(TrialState.COMPLETE) == 1
     crossover = optuna.load_study(study_name=f"{STUDY}-crossover", storage=storage)
     done = [t for t in crossover.trials if t.state == TrialState.COMPLETE]
-    queued = Counter(tuple(sorted(t.params.items())) for t in done if "fixed_params" in t.system_attrs)
+    queued = Counter(tuple(sorted(t.params.items())) for t in done if "queued_recipe" in t.user_attrs)
     assert all(n == 1 for n in queued.values()) and len(done) in (5, 6)
     # Exactly one worker ran phases 2-4; the other said why it stopped, and exited 0.
     assert sum("phase 4 done" in log for log in logs) == 1

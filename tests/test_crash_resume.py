@@ -32,3 +32,8 @@ def test_sigkill_in_every_phase_then_rerun_equals_an_unbroken_run(tmp_path, unbr
     assert [t.state for t in sweep.trials].count(TrialState.FAIL) == 1  # the killed trial
     crossover = optuna.load_study(study_name=f"{STUDY}-crossover", storage=storage)
     assert [t.state for t in crossover.trials].count(TrialState.FAIL) == 1
+    # The killed long run is failed; a new trial continued it and inherited its epochs.
+    long_run = optuna.load_study(study_name=f"{STUDY}-long-run", storage=storage).trials
+    assert [t.state for t in long_run] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert long_run[1].user_attrs["continues_trial"] == 0
+    assert sorted(long_run[1].intermediate_values) == [1, 2, 3, 4]

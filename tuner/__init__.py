@@ -1,6 +1,7 @@
 """What is searched and decided: one module per phase, plus the pipeline that runs them."""
 
 from .baselines import BaselineConfig, linear_baseline, majority_class
+from .context import RunContext
 from .crossover import ResumableTPESampler, assemble_state, load_crossover, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
 from .data_quality import (
@@ -14,16 +15,17 @@ from .final import Candidate, build_candidates, build_test_table, load_final_mod
 from .long_run import LongRunConfig, run_long_run
 from .lr_sweep import (
     PRESET_GRIDS,
-    SEED_GRID,
+    STRATEGY_GRID,
     SweepConfig,
     default_grid,
+    grid_claims,
     open_sweep_study,
     run_lr_sweep,
     sweep_outcome,
 )
 from .pipeline import PipelineConfig, prepare_data, run
 from .pruning import PruneRule, SweepPruner, prune_reason
-from .report import write_report
+from .report import run_summary, write_report
 from .selection import (
     SelectionWeights,
     criterion_scores,
@@ -33,28 +35,34 @@ from .selection import (
     next_lr_beyond,
     select_lr,
 )
+from .settings import FORMAT_VERSION, IncompatibleSession, SettingsChanged, check_settings
 from .sweet_spot import OverfitConfig, find_sweet_spots
 from .uncertainty import BootstrapConfig, confidence, verdict
 
 __all__ = [
     "ARTIFACT_DIR",
+    "FORMAT_VERSION",
     "PRESET_GRIDS",
-    "SEED_GRID",
+    "STRATEGY_GRID",
     "BaselineConfig",
     "BootstrapConfig",
     "Candidate",
+    "IncompatibleSession",
     "LongRunConfig",
     "OverfitConfig",
     "PipelineConfig",
     "PruneRule",
     "ResumableTPESampler",
+    "RunContext",
     "SelectionWeights",
+    "SettingsChanged",
     "SweepConfig",
     "SweepPruner",
     "assemble_state",
     "average_states",
     "build_candidates",
     "build_test_table",
+    "check_settings",
     "confidence",
     "criterion_scores",
     "default_grid",
@@ -62,6 +70,7 @@ __all__ = [
     "final_evaluation",
     "find_sweet_spots",
     "greedy_soup",
+    "grid_claims",
     "grid_edge",
     "grid_verdict",
     "ks_statistic",
@@ -80,6 +89,7 @@ __all__ = [
     "run_crossover_study",
     "run_long_run",
     "run_lr_sweep",
+    "run_summary",
     "select_lr",
     "stratified_split",
     "sweep_outcome",

@@ -28,7 +28,7 @@ _OWN_CODES = 256  # characters ranked below this get a code of their own
 
 
 def is_similar(a: str, b: str, threshold: float) -> bool:
-    """The seed's expression, verbatim."""
+    """The strategy's expression, verbatim."""
     return fuzz.ratio(a, b) / 100.0 >= threshold
 
 

@@ -6,17 +6,21 @@ import os
 import socket
 import time
 
+import psutil
+
 WORKER_ATTR = "worker"
 HEARTBEAT_ATTR = "heartbeat"
 
 
 def _start_time(pid: int) -> str | None:
-    """Kernel start time of ``pid`` (guards against pid reuse); None if unknown."""
+    """When process ``pid`` started (guards against pid reuse), from psutil on every OS;
+    None when it does not exist; "" when it exists but the OS will not say when it started."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.NoSuchProcess:
         return None
+    except psutil.Error:  # AccessDenied and the like: alive, start unknown
+        return ""
 
 
 def trial_is_gone(t, stale_after_s: float) -> bool:
@@ -54,4 +58,7 @@ def is_gone(worker: str | None, heartbeat: float | None, stale_after_s: float,
     if pid == os.getpid():
         return False
     current = _start_time(pid)
-    return current is None or (started not in ("", "None") and current != started)
+    if current is None:
+        return True
+    # Without both start times (the OS would not say) a live pid counts as the worker.
+    return current != "" and started not in ("", "None") and current != started

@@ -37,6 +37,9 @@ class PipelineConfig:
     overfit: OverfitConfig = field(default_factory=OverfitConfig)
     crossover_trials: int = 30
     stop_after: int = 4  # the last phase to run (0-4)
+    # A RUNNING trial whose worker shows no sign of life this long is taken over (sweep,
+    # long run, crossover alike): on another host, no heartbeat; on this one, a dead pid.
+    stale_after_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -49,6 +52,8 @@ class PipelineConfig:
             raise ValueError(f"test_ratio must be in [0, 1), got {self.test_ratio!r}")
         if self.stop_after not in range(5):
             raise ValueError(f"stop_after must be a phase 0-4, got {self.stop_after!r}")
+        if self.stale_after_s <= 0:
+            raise ValueError(f"stale_after_s must be > 0, got {self.stale_after_s!r}")
         if self.crossover_trials < 0:
             raise ValueError(f"crossover_trials must be >= 0, got {self.crossover_trials!r}")
         if not 0 < self.dedup_threshold <= 1:

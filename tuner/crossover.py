@@ -26,6 +26,7 @@ from storage import crash_point, json_safe
 from storage.checkpoints import checkpoint_dir, load_tensors, verify_file
 
 from ._workers import WORKER_ATTR, worker_id
+from .context import RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +121,16 @@ class ResumableTPESampler(optuna.samplers.BaseSampler):
         self._inner.after_trial(study, trial, state, values)
 
 
+QUEUED_ATTR = "queued_recipe"  # a recipe queued before TPE (sweet spots, best single epoch)
+
+
 def _queued_or_done(study: optuna.Study, recipe: Mapping[str, int],
                     states: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.RUNNING,
                                                       TrialState.WAITING)) -> bool:
     """Whether a trial with exactly ``recipe`` is in one of ``states`` (by default:
     finished, running or waiting)."""
     for t in study.get_trials(deepcopy=False, states=states):
-        params = t.params or t.system_attrs.get("fixed_params", {})
+        params = t.params or t.user_attrs.get(QUEUED_ATTR, {})
         if {g: int(e) for g, e in params.items()} == dict(recipe):
             return True
     return False
@@ -134,31 +138,28 @@ def _queued_or_done(study: optuna.Study, recipe: Mapping[str, int],
 
 def run_crossover_study(
     study: optuna.Study,
-    root: Path,
+    ctx: RunContext,
     spec: GroupSpec,
     checkpoints: Sequence[int],
     first_recipes: Sequence[Mapping[str, int]],
     model: nn.Module,
-    val: EncodedData,
-    tasks: Sequence[TaskSpec],
     n_trials: int,
-    device: str = "cpu",
-    stale_after_s: float = 3600.0,
-    progress: bool = False,
     damaged: Collection[int] = (),
 ) -> None:
     """Search one checkpoint epoch per group, minimizing the fused val loss.
 
-    ``first_recipes`` (the sweet-spot combination, the best single checkpoint) are queued
-    first; finished trials are never run again, so a rerun only tops the study up to
-    ``n_trials`` completed trials. A trial left running by a killed process is marked
-    failed and its recipe queued again. ``checkpoints`` is every saved epoch (the search
+    Checkpoints are read from the session's ``checkpoints/``. ``first_recipes`` (the
+    sweet-spot combination, the best single checkpoint) are queued first; finished trials
+    are never run again, so a rerun only tops the study up to ``n_trials`` completed
+    trials. A trial left running by a killed process is marked failed and its recipe queued
+    again. ``checkpoints`` is every saved epoch (the search
     space must not change between runs); a recipe that uses a ``damaged`` one is pruned
     without loading anything.
     """
     from .lr_sweep import fail_stale_trials  # shared stale-trial handling
 
-    fail_stale_trials(study, stale_after_s)
+    fail_stale_trials(study, ctx.stale_after_s)
+    root = ctx.session.path("checkpoints")
     choices = [int(c) for c in checkpoints]
     queue = [{g: int(e) for g, e in recipe.items()} for recipe in first_recipes]
 
@@ -169,7 +170,8 @@ def run_crossover_study(
         if bad:
             trial.set_user_attr("skipped", f"uses damaged checkpoint epochs {bad}")
             raise optuna.TrialPruned(f"uses damaged checkpoint epochs {bad}")
-        metrics = evaluate_state(model, assemble_state(root, recipe, spec), val, tasks, device)
+        metrics = evaluate_state(model, assemble_state(root, recipe, spec), ctx.val, ctx.tasks,
+                                 ctx.device)
         crash_point(f"crossover:trial:{_n_complete(study)}")  # evaluated, not yet told
         trial.set_user_attr("val_acc", metrics["acc"])
         trial.set_user_attr("val_task_metrics", json_safe(metrics["task_metrics"]))
@@ -184,7 +186,7 @@ def run_crossover_study(
         if _queued_or_done(study, recipe, states=(TrialState.COMPLETE,)):
             continue
         if not _queued_or_done(study, recipe):
-            study.enqueue_trial(recipe)
+            study.enqueue_trial(recipe, user_attrs={QUEUED_ATTR: recipe})
         study.optimize(objective, n_trials=1, catch=(), show_progress_bar=False)
     # Pruned trials (damaged epochs) do not count: top up until n_trials completed, with a
     # bound so a search space that is mostly damaged cannot loop for ever.
@@ -192,4 +194,4 @@ def run_crossover_study(
         done = _n_complete(study)
         if done >= n_trials:
             break
-        study.optimize(objective, n_trials=n_trials - done, catch=(), show_progress_bar=progress)
+        study.optimize(objective, n_trials=n_trials - done, catch=(), show_progress_bar=ctx.progress)

@@ -2,18 +2,19 @@
 
 - Notes (``optuna_dashboard.save_note``): the report's sections, on the study they are about.
 - Figures (``optuna_dashboard.save_plotly_graph_object`` with fixed ids, so a rerun
-  replaces them instead of adding copies): the long run's learning curves with the
-  overfitting point and sweet spots, the crossover search, the test table.
+  replaces them instead of adding copies): the LR selection scores and Optuna's own
+  crossover optimization history, which the report has no picture of.
 - Artifacts (``optuna.artifacts.FileSystemArtifactStore`` under ``<session>/artifacts``):
-  the PNG and JSON files. A file is uploaded again only when its sha256 changed; the
-  study's ``artifacts`` user attr records name -> sha256 and artifact id.
+  the PNG and JSON files. The learning curves and the test table are drawn once, by
+  ``tuner.report`` (matplotlib), and shown here as those PNGs. A file is uploaded again
+  only when its sha256 changed; the study's ``artifacts`` user attr records name ->
+  sha256 and artifact id.
 
 Watch with ``optuna-dashboard <storage> --artifact-dir <session>/artifacts --host 127.0.0.1``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,8 +25,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna_dashboard import save_note, save_plotly_graph_object
 
 from storage import Session
-
-from .report import relative_group_losses, test_acc_errors
+from storage.checkpoints import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +39,12 @@ def artifact_store(session: Session) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(str(path))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def upload_files(study: optuna.Study, store: FileSystemArtifactStore, files: Sequence[Path]) -> int:
     """Attach ``files`` to ``study`` as artifacts; unchanged ones are skipped. Returns uploads."""
     known: dict[str, Any] = dict(study.user_attrs.get("artifacts", {}))
     uploaded = 0
     for path in files:
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if known.get(path.name, {}).get("sha256") == digest:
             continue
         artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study,
@@ -60,29 +56,6 @@ def upload_files(study: optuna.Study, store: FileSystemArtifactStore, files: Seq
 
 
 # ----------------------------------------------------------------------------- figures
-
-def learning_curves_figure(analysis: Mapping[str, Any]):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    c = analysis["curves"]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        "Long run: fused loss", "Each group's own val loss / first checkpoint's (star: sweet spot)"))
-    fig.add_trace(go.Scatter(x=c["epochs"], y=c["train_loss"], name="train loss"), 1, 1)
-    fig.add_trace(go.Scatter(x=c["epochs"], y=c["val_loss"], name="val loss"), 1, 1)
-    for name, crit in analysis["criteria"].items():
-        if crit["overfitting_point"] is not None:
-            fig.add_vline(x=crit["overfitting_point"], line_dash="dash", line_color="red",
-                          annotation_text=name, row=1, col=1)
-    for group, losses in relative_group_losses(c).items():
-        spot = analysis["sweet_spots"][group]["epoch"]
-        fig.add_trace(go.Scatter(x=c["checkpoints"], y=losses, name=group), 1, 2)
-        fig.add_trace(go.Scatter(x=[spot], y=[losses[c["checkpoints"].index(spot)]], mode="markers",
-                                 marker={"symbol": "star", "size": 14}, name=f"{group} sweet spot",
-                                 showlegend=False), 1, 2)
-    fig.update_xaxes(title_text="epoch")
-    return fig
-
 
 def selection_figure(selection: Mapping[str, Any]):
     """The multi-criterion LR scores, stacked by weighted criterion."""
@@ -102,20 +75,6 @@ def selection_figure(selection: Mapping[str, Any]):
     return fig
 
 
-def test_table_figure(table: Sequence[Mapping[str, Any]]):
-    import plotly.graph_objects as go
-
-    names = [r["candidate"] for r in table]
-    errors = test_acc_errors(table)
-    error_y = None if errors is None else {"type": "data", "array": errors[1],
-                                           "arrayminus": errors[0]}
-    fig = go.Figure([go.Bar(x=names, y=[r["val_acc"] for r in table], name="val acc"),
-                     go.Bar(x=names, y=[r["test_acc"] for r in table], name="test acc (95% CI)",
-                            error_y=error_y)])
-    fig.update_layout(title="Test table: primary-task accuracy (chosen on val)", barmode="group")
-    return fig
-
-
 # ----------------------------------------------------------------------------- publishing
 
 def publish(session: Session, sweep: optuna.Study, long_run: optuna.Study, crossover: optuna.Study,
@@ -125,11 +84,8 @@ def publish(session: Session, sweep: optuna.Study, long_run: optuna.Study, cross
     save_note(long_run, notes["long_run"])
     save_note(crossover, notes["crossover"])
     save_plotly_graph_object(sweep, selection_figure(selection), graph_object_id="lr-selection")
-    save_plotly_graph_object(long_run, learning_curves_figure(analysis),
-                             graph_object_id="learning-curves")
     save_plotly_graph_object(crossover, optuna.visualization.plot_optimization_history(crossover),
                              graph_object_id="crossover-history")
-    save_plotly_graph_object(crossover, test_table_figure(table), graph_object_id="test-table")
     store = artifact_store(session)
     final = session.path("final")
     uploads = {
@@ -148,5 +104,4 @@ def publish(session: Session, sweep: optuna.Study, long_run: optuna.Study, cross
     return uploads
 
 
-__all__ = ["ARTIFACT_DIR", "artifact_store", "learning_curves_figure", "publish", "selection_figure",
-           "test_table_figure", "upload_files"]
+__all__ = ["ARTIFACT_DIR", "artifact_store", "publish", "selection_figure", "upload_files"]

@@ -1,6 +1,6 @@
 """Phase 0: near-duplicate removal, a stratified length-matched split, a leakage check.
 
-Semantics of the seed (section 2), at the speed of ``tuner._similarity``:
+Semantics of the strategy (section 2), at the speed of ``tuner._similarity``:
 walk rows in input order; a row not yet removed is kept and removes every later
 row with ``fuzz.ratio(a, b) / 100 >= threshold``; a removed row removes nothing.
 """
@@ -37,18 +37,18 @@ def remove_near_duplicates(
     conflict_policy: ConflictPolicy = "keep_first",
     progress: bool = True,
 ) -> tuple[list[dict], dict[str, Any]]:
-    """Drop near-duplicates (the seed's greedy walk). Returns (kept in input order, stats).
+    """Drop near-duplicates (the strategy's greedy walk). Returns (kept in input order, stats).
 
     A duplicate group is a kept row and the rows it removed. When their ``label_key``
     values disagree, ``conflict_policy`` decides: "keep_first" keeps the first row (the
-    seed's behaviour), "drop_group" drops the whole group.
+    strategy's behaviour), "drop_group" drops the whole group.
     """
     if conflict_policy not in _POLICIES:
         raise ValueError(f"conflict_policy must be one of {_POLICIES}, got {conflict_policy!r}")
     texts = [r.get(text_key, "") for r in records]
     n = len(texts)
     pairs = similar_pairs(texts, None, threshold, progress=progress)   # (k, 2), i < j
-    # CSR adjacency: later partners of each row, ascending (the seed's j order).
+    # CSR adjacency: later partners of each row, ascending (the strategy's j order).
     order = np.lexsort((pairs[:, 1], pairs[:, 0]))
     firsts, partners = pairs[order, 0], pairs[order, 1]
     offsets = np.searchsorted(firsts, np.arange(n + 1))
@@ -91,7 +91,7 @@ def remove_near_duplicates(
         "original_count": n,
         "cleaned_count": len(kept),
         "removed_count": n - len(kept),
-        "removal_rate": (n - len(kept)) / n * 100 if n else 0.0,  # percent, as the seed
+        "removal_rate": (n - len(kept)) / n * 100 if n else 0.0,  # percent, as the strategy
         "duplicate_pairs_sample": sample_pairs,
         "threshold_used": threshold,
         "duplicate_groups": len(groups),
@@ -117,7 +117,7 @@ def _ratio(a: str, b: str) -> float:
 def reference_remove_near_duplicates(
     records: Sequence[dict], threshold: float = 0.92, text_key: str = "text"
 ) -> list[int]:
-    """The seed's double loop, O(n^2) in Python: the yardstick for tests and bench/dedup.py.
+    """The strategy's double loop, O(n^2) in Python: the yardstick for tests and bench/dedup.py.
 
     Returns the kept indices.
     """
@@ -168,9 +168,9 @@ def stratified_split(
     """Per class, rows sorted by text length go to val/test at even intervals.
 
     Each class gives max(1, int(n * ratio)) rows to val (and to test when
-    test_ratio > 0), as the seed; a class too small to leave a train row stays in
+    test_ratio > 0), as the strategy; a class too small to leave a train row stays in
     train and is listed. Ties in length are ordered by a seeded shuffle. Splits
-    keep input order. ``test_ratio=0`` is the seed's two-way split.
+    keep input order. ``test_ratio=0`` is the strategy's two-way split.
     """
     if not 0.0 < val_ratio < 1.0:
         raise ValueError(f"val_ratio must be in (0, 1), got {val_ratio!r}")

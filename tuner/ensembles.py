@@ -1,6 +1,6 @@
 """Phase 4, beside the crossover: prediction ensembles and weight soups over checkpoints.
 
-- Variant ensemble (the seed's section 6): the chosen recipe shifted by -4, -2, 0, +2, +4
+- Variant ensemble (the strategy's section 6): the chosen recipe shifted by -4, -2, 0, +2, +4
   epochs per group (clamped to the saved checkpoints); the members' fused predictions are
   averaged (class probabilities, label probabilities, regression values).
 - Uniform soup: the average of the weights of every saved checkpoint.
@@ -40,7 +40,7 @@ def _nearest(epoch: int, checkpoints: Sequence[int]) -> int:
 
 def variant_recipes(recipe: Mapping[str, int], checkpoints: Sequence[int],
                     offsets: Sequence[int] = VARIANT_OFFSETS) -> list[dict[str, Any]]:
-    """The seed's ensemble variants: every group's epoch moved by each offset, clamped to
+    """The strategy's ensemble variants: every group's epoch moved by each offset, clamped to
     the saved checkpoints. Offsets that land on the same recipe count once."""
     if not checkpoints:
         raise ValueError("no checkpoints to build variants from")

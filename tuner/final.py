@@ -32,6 +32,7 @@ from storage.checkpoints import EMA_FILE, checkpoint_dir, load_tensors, verify_f
 
 from .crossover import assemble_state
 from .ensembles import (
+    State,
     average_states,
     ensemble_predictions,
     greedy_soup,
@@ -40,12 +41,12 @@ from .ensembles import (
     prediction_metrics,
     variant_recipes,
 )
+from .report import fmt
 from .uncertainty import BootstrapConfig, confidence, verdict
 
 logger = logging.getLogger(__name__)
 
 FINAL_MODEL = "final/optimal_crossover_model.safetensors"
-State = dict[str, torch.Tensor]
 SplitPredictions = dict[str, dict[str, torch.Tensor]]  # split -> task -> predictions
 
 
@@ -199,11 +200,7 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
 
 def _log_row(r: dict) -> None:
     logger.info("%s: val loss %.4f acc %.4f; test loss %s acc %s", r["candidate"], r["val_loss"],
-                r["val_acc"], _fmt(r["test_loss"]), _fmt(r["test_acc"]))
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
+                r["val_acc"], fmt(r["test_loss"]), fmt(r["test_acc"]))
 
 
 def selection_key(row: Mapping[str, Any]) -> tuple[float, float]:
@@ -236,7 +233,7 @@ def write_final_model(session: Session, table: Sequence[dict],
               "val_acc": best["val_acc"], "test_acc": best["test_acc"]}
     session.write_json("final/recipe.json", json_safe(recipe))
     logger.info("final model: %s (val loss %.4f, test loss %s)", best["candidate"],
-                best["val_loss"], _fmt(best["test_loss"]))
+                best["val_loss"], fmt(best["test_loss"]))
     return recipe
 
 

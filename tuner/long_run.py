@@ -2,16 +2,17 @@
 
 One trial; every epoch reports its val loss and stores the metric dict as a user attr,
 writes the rolling resume state and, every ``checkpoint_every`` epochs, a modular
-checkpoint with its detailed metrics and a progress report. A rerun adopts the trial
-left RUNNING by a dead process and continues from the resume state, re-reporting any
-epoch the crash kept from Optuna, so the reports equal those of an unbroken run.
+checkpoint with its detailed metrics and a progress report. A rerun marks the trial a
+dead process left RUNNING as failed and continues its run as a new trial from the
+resume state, reporting the epochs done so far again, so the complete trial's reports
+equal those of an unbroken run.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,17 +20,22 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from model.groups import GroupSpec
-from model.tasks import TaskSpec
-from model.training import EncodedData, TrainConfig, build_engine, run_epoch, steps_per_epoch
+from model.training import (
+    TrainConfig,
+    build_engine,
+    run_epoch,
+    steps_per_epoch,
+    tensor_stats,
+)
 from storage import Session, crash_point, json_safe
-from storage.checkpoints import CheckpointError, read_resume, restore_engine, save_checkpoint, save_resume
+from storage.checkpoints import CheckpointError, read_resume, save_checkpoint, save_resume
 
 from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, is_gone, trial_is_gone, worker_id
+from .context import RunContext
 from .lr_sweep import epoch_attr
 
 logger = logging.getLogger(__name__)
@@ -39,7 +45,6 @@ logger = logging.getLogger(__name__)
 class LongRunConfig:
     epochs: int = 60
     checkpoint_every: int = 2
-    stale_after_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -48,22 +53,15 @@ class LongRunConfig:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
 
 
-def _tensor_stats(t: torch.Tensor) -> dict[str, float]:
-    t = t.detach().float().flatten()
-    return {"mean": float(t.mean()), "std": float(t.std()) if t.numel() > 1 else 0.0,
-            "norm": float(t.norm()), "sparsity": float((t.abs() < 1e-6).float().mean()),
-            "count": t.numel()}
-
-
 def detailed_metrics(model: torch.nn.Module, spec: GroupSpec, metrics: dict,
                      history: Sequence[dict]) -> dict[str, Any]:
-    """The seed's per-checkpoint detail: parameter stats per group, gradient stats per group
+    """The strategy's per-checkpoint detail: parameter stats per group, gradient stats per group
     (last optimizer step of the epoch), overfitting and learning-efficiency figures, memory."""
     params = {}
     for group in spec.groups:
         tensors = [p for _, p in spec.named_parameters_of(model, group)]
         if tensors:
-            params[group] = _tensor_stats(torch.cat([p.detach().flatten() for p in tensors]))
+            params[group] = tensor_stats(torch.cat([p.detach().flatten() for p in tensors]))
     prev = history[-2] if len(history) > 1 else None
     return {
         "epoch": metrics["epoch"],
@@ -121,8 +119,10 @@ def release_phase4(study: optuna.Study) -> None:
 
 
 def _claim_trial(study: optuna.Study, lr: float, stale_after_s: float) -> optuna.Trial | None:
-    """The RUNNING trial a dead process left (adopted), a new one, or None when another
-    live worker runs it or it is complete."""
+    """A new trial for the long run, or None when it is complete or another live worker
+    runs it. A trial left RUNNING by a process that is gone is marked failed first; the
+    new one continues its run from the resume state (``_resume`` reports its epochs again)."""
+    continues = None
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
             return None
@@ -130,61 +130,59 @@ def _claim_trial(study: optuna.Study, lr: float, stale_after_s: float) -> optuna
             if not trial_is_gone(t, stale_after_s):
                 logger.info("long run: trial %d is running in another live process", t.number)
                 return None
-            logger.warning("long run: adopting trial %d left running by a process that is gone",
-                           t.number)
-            trial = optuna.trial.Trial(study, t._trial_id)
-            trial.set_user_attr(WORKER_ATTR, worker_id())
-            return trial
-    trial = study.ask(fixed_distributions={"lr": FloatDistribution(lr, lr)})
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            logger.warning("long run: trial %d was left running by a process that is gone: "
+                           "marked failed; a new trial continues its run", t.number)
+            continues = t.number
+    # The LR is a user attr, not a param: one fixed value is no search space, and the
+    # dashboard's parameter-importance panel would draw nonsense for it.
+    trial = study.ask()
+    trial.set_user_attr("lr", lr)
     trial.set_user_attr(WORKER_ATTR, worker_id())
-    # Two workers may ask at the same moment: the lower trial number (creation order) wins.
+    if continues is not None:
+        trial.set_user_attr("continues_trial", continues)
+    # Two workers may ask at the same moment: the lower trial number (creation order) wins;
+    # the other trial never trained and ends pruned, not failed.
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
         if t.number < trial.number and (t.state == TrialState.COMPLETE
                                         or not trial_is_gone(t, stale_after_s)):
-            trial.set_user_attr("duplicate_of", t.number)
-            study.tell(trial, state=TrialState.FAIL)
+            trial.set_user_attr("unused", f"trial {t.number} of another worker came first")
+            study.tell(trial, state=TrialState.PRUNED)
             logger.info("long run: trial %d of another worker came first; this one is done",
                         t.number)
             return None
     return trial
 
 
-def run_long_run(
-    study: optuna.Study,
-    lr: float,
-    cfg: LongRunConfig,
-    train_cfg: TrainConfig,
-    build: Callable[[], tuple[torch.nn.Module, GroupSpec]],
-    train: EncodedData,
-    val: EncodedData,
-    tasks: Sequence[TaskSpec],
-    device: str,
-    session: Session,
-) -> dict[str, Any] | None:
+def run_long_run(study: optuna.Study, lr: float, cfg: LongRunConfig, train_cfg: TrainConfig,
+                 ctx: RunContext) -> dict[str, Any] | None:
     """Train (or finish training) the long run. Returns its summary, or None when another
     live worker owns it."""
-    trial = _claim_trial(study, lr, cfg.stale_after_s)
+    trial = _claim_trial(study, lr, ctx.stale_after_s)
     if trial is None:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return done[0].user_attrs.get("summary") if done else None
     run_cfg = replace(train_cfg, lr=lr, epochs=cfg.epochs)
     torch.manual_seed(run_cfg.seed)
-    model, spec = build()
-    engine = build_engine(model, spec, tasks, run_cfg, steps_per_epoch(len(train), run_cfg), device)
-    root = session.path("checkpoints")
+    model, spec = ctx.build()
+    engine = build_engine(model, spec, ctx.tasks, run_cfg, steps_per_epoch(len(ctx.train), run_cfg),
+                          ctx.device)
+    root = ctx.session.path("checkpoints")
     history, start = _resume(engine, root / "resume", lr, trial)
     checkpoints = [h["epoch"] for h in history if h["epoch"] % cfg.checkpoint_every == 0]
 
     bar = tqdm(range(start, cfg.epochs + 1), desc=f"long run (LR {lr:g})", unit="epoch",
                initial=start - 1, total=cfg.epochs, disable=not train_cfg.progress)
     for epoch in bar:
-        metrics = json_safe(run_epoch(engine, train, val, epoch))
+        metrics = json_safe(run_epoch(engine, ctx.train, ctx.val, epoch))
         crash_point(f"long:epoch={epoch}")  # trained, nothing written yet
         history.append(metrics)
         if epoch % cfg.checkpoint_every == 0:
-            _write_checkpoint(root, epoch, engine, spec, metrics, history, cfg, checkpoints, session)
+            _write_checkpoint(root, epoch, engine, spec, metrics, history, cfg, checkpoints,
+                              ctx.session)
         # Resume state before the Optuna report: a crash in between re-reports from it.
-        save_resume(root / "resume", epoch, engine, {"lr": lr, "history": history})
+        tensors, plain = engine.state_dict()
+        save_resume(root / "resume", epoch, tensors, {"engine": plain, "lr": lr, "history": history})
         trial.report(metrics["val_loss"], epoch)
         trial.set_user_attr(epoch_attr(epoch), metrics)
         trial.set_user_attr(HEARTBEAT_ATTR, time.time())
@@ -202,12 +200,12 @@ def run_long_run(
     trial.set_user_attr("summary", summary)
     study.set_user_attr(PHASE4_ATTR, worker_id())  # before tell: no window with no owner
     study.tell(trial, best["val_loss"])
-    session.write_json("checkpoints/long_run_summary.json", summary)
+    ctx.session.write_json("checkpoints/long_run_summary.json", summary)
     return summary
 
 
 def _resume(engine: Any, folder: Path, lr: float, trial: optuna.Trial) -> tuple[list[dict], int]:
-    """Restore the engine from the resume state; re-report epochs Optuna missed."""
+    """Restore the engine from the resume state; report its epochs to the new trial."""
     try:
         state = read_resume(folder)
     except CheckpointError as e:
@@ -219,13 +217,11 @@ def _resume(engine: Any, folder: Path, lr: float, trial: optuna.Trial) -> tuple[
         logger.warning("long run: the resume state is for LR %s, not %g: starting from epoch 1",
                        state.meta.get("lr"), lr)
         return [], 1
-    restore_engine(engine, state)
+    engine.load_state_dict(state.tensors, state.meta["engine"])
     history = list(state.meta["history"])
-    reported = trial.study._storage.get_trial(trial._trial_id).intermediate_values
-    for h in history:
-        if h["epoch"] not in reported:
-            trial.report(h["val_loss"], h["epoch"])
-            trial.set_user_attr(epoch_attr(h["epoch"]), h)
+    for h in history:  # a new trial: it inherits every epoch the run has done
+        trial.report(h["val_loss"], h["epoch"])
+        trial.set_user_attr(epoch_attr(h["epoch"]), h)
     logger.info("long run: resuming after epoch %d from %s", state.epoch, folder)
     return history, state.epoch + 1
 

@@ -2,7 +2,7 @@
 
 Every grid point trains from the same initial weights for ``epochs`` epochs, reports
 its val loss each epoch (and the full metric dict as a user attr) and ends with the
-seed's final_evaluation. Rerunning resumes: finished points are not run again, a
+strategy's final_evaluation. Rerunning resumes: finished points are not run again, a
 point whose trial was left RUNNING by a dead process is failed and retried.
 """
 
@@ -12,40 +12,38 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from model.tasks import TaskSpec
-from model.training import EncodedData, TrainConfig, build_engine, evaluate, run_epoch, steps_per_epoch
-from storage import Session, crash_point, json_safe
+from model.training import TrainConfig, build_engine, evaluate, run_epoch, steps_per_epoch
+from storage import crash_point, json_safe
+from storage.studies import name_metrics
 
 from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, trial_is_gone, worker_id
+from .context import RunContext
 from .pruning import INITIAL_ATTR, PruneRule, SweepPruner
 from .selection import final_evaluation
 
 logger = logging.getLogger(__name__)
 
-SEED_GRID = (1e-5, 5e-5, 1e-4, 2e-4, 5e-4)
-# Five points per preset, each spanning at least 20x like the seed's 50x. The seed's grid
+STRATEGY_GRID = (1e-5, 5e-5, 1e-4, 2e-4, 5e-4)
+# Five points per preset, each spanning at least 20x like the strategy's 50x. The strategy's grid
 # was set for fine-tuning a 730M model; smaller models trained from scratch want larger LRs.
 PRESET_GRIDS: dict[str, tuple[float, ...]] = {
     "ngram": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
     "tiny": (5e-4, 1e-3, 2e-3, 5e-3, 1e-2),
     "small": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
     "base": (5e-5, 1e-4, 2e-4, 5e-4, 1e-3),
-    "730m": SEED_GRID,
+    "730m": STRATEGY_GRID,
 }
 
 
 def default_grid(preset: str | None) -> tuple[float, ...]:
-    """The LR grid of a preset; the seed's grid for a user's own model (``preset=None``)."""
-    return SEED_GRID if preset is None else PRESET_GRIDS.get(preset, SEED_GRID)
-_DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-_TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    """The LR grid of a preset; the strategy's grid for a user's own model (``preset=None``)."""
+    return STRATEGY_GRID if preset is None else PRESET_GRIDS.get(preset, STRATEGY_GRID)
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,6 @@ class SweepConfig:
     divergence_factor: float = 1.5
     prune_margin: float = 0.1
     prune_warmup: int = 2
-    stale_after_s: float = 3600.0
     rule: PruneRule = field(init=False)
 
     def __post_init__(self) -> None:
@@ -86,11 +83,12 @@ def history_of(trial: optuna.trial.FrozenTrial) -> list[dict]:
 
 
 def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> list[optuna.trial.FrozenTrial]:
-    """Mark RUNNING trials whose worker is gone as FAIL; returns them."""
+    """Mark RUNNING trials whose worker is gone as FAIL (``Study.tell`` by trial number);
+    returns them."""
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial_is_gone(t, stale_after_s):
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             logger.warning("%s: trial %d (params %s) was left running by a process that is gone: "
                            "marked failed, its point is retried", study.study_name, t.number, t.params)
             stale.append(t)
@@ -99,115 +97,116 @@ def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> list[optuna.
 
 def open_sweep_study(storage: optuna.storages.BaseStorage, name: str, cfg: SweepConfig,
                      seed: int) -> optuna.Study:
-    return optuna.create_study(
+    # Every trial's LR is fixed by its claim (``claim_grid_point``): the sampler never
+    # samples, so a plain seeded one does.
+    study = optuna.create_study(
         study_name=name, storage=storage, direction="minimize", load_if_exists=True,
-        sampler=optuna.samplers.GridSampler({"lr": list(cfg.lr_grid)}, seed=seed),
-        pruner=SweepPruner(cfg.rule))
+        sampler=optuna.samplers.RandomSampler(seed=seed), pruner=SweepPruner(cfg.rule))
+    name_metrics(study, [VALUE_NAME])
+    return study
+
+
+VALUE_NAME = "avg_val_loss"  # the sweep's objective, as the dashboard names it
 
 
 def trial_lr(t: optuna.trial.FrozenTrial) -> float | None:
-    """A trial's LR; a queued (WAITING) trial has it only as a fixed param so far."""
-    return t.params.get("lr", t.system_attrs.get("fixed_params", {}).get("lr"))
+    """A sweep trial's LR (None for a trial that found no grid point left to claim)."""
+    return t.params.get("lr")
 
 
-def _mark_grid_point(study: optuna.Study, trial: optuna.Trial, lr: float) -> None:
-    """Give a queued trial the grid bookkeeping GridSampler keeps for its own trials, so
-    it counts the point as visited (and its after_trial hook finds a grid_id)."""
-    sampler = study.sampler
-    if isinstance(sampler, optuna.samplers.GridSampler) and (lr,) in sampler._all_grids:
-        storage = study._storage
-        storage.set_trial_system_attr(trial._trial_id, "search_space", sampler._search_space)
-        storage.set_trial_system_attr(trial._trial_id, "grid_id", sampler._all_grids.index((lr,)))
+def claim_order(grid: Sequence[float]) -> list[float]:
+    """The order in which grid points are claimed: largest LR first, so a diverging LR is
+    pruned at once and the good ones set the bar for the small ones."""
+    return sorted(grid, reverse=True)
+
+
+def grid_claims(trials: Sequence[optuna.trial.FrozenTrial], grid: Sequence[float],
+                is_gone: Callable[[optuna.trial.FrozenTrial], bool]) -> dict[int, float | None]:
+    """Which grid point each live or finished trial owns, by trial number.
+
+    Trials are numbered in creation order, so every worker can work out the same claims:
+    in number order, a trial that has its LR owns it (the first one does, if two do); a
+    RUNNING trial that has none yet gets the first point in ``claim_order`` nobody owns
+    (None if none is left). Failed trials and RUNNING ones whose worker ``is_gone`` own
+    nothing, so their points are free again.
+    """
+    owned: set[float] = set()
+    claims: dict[int, float | None] = {}
+    order = claim_order(grid)
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state in (TrialState.FAIL, TrialState.WAITING):
+            continue
+        if t.state == TrialState.RUNNING and is_gone(t):
+            continue
+        lr = trial_lr(t)
+        if lr is None:
+            if t.state != TrialState.RUNNING:
+                continue
+            lr = next((p for p in order if p not in owned), None)
+        elif lr in owned:
+            lr = None
+        if lr is not None:
+            owned.add(lr)
+        claims[t.number] = lr
+    return claims
 
 
 _POLL_S = 2.0
 
 
-class _Duplicate(Exception):
-    """A queued trial whose grid point another trial already has."""
+def _free_points(study: optuna.Study, grid: Sequence[float], stale_after_s: float) -> list[float]:
+    claims = grid_claims(study.get_trials(deepcopy=False), grid,
+                         lambda t: trial_is_gone(t, stale_after_s))
+    taken = set(claims.values())
+    return [lr for lr in claim_order(grid) if lr not in taken]
 
 
-def _owner_of(study: optuna.Study, lr: float, number: int, stale_after_s: float) -> int | None:
-    """The trial that owns grid point ``lr`` if it is not trial ``number``: the lowest
-    numbered one that is finished, queued or running in a live process. Trials are
-    numbered in creation order and popped oldest first, so every worker agrees."""
-    for t in study.get_trials(deepcopy=False, states=_TAKEN):
-        if t.number >= number or trial_lr(t) != lr:
-            continue
-        if t.state != TrialState.RUNNING or not trial_is_gone(t, stale_after_s):
-            return t.number
-    return None
+def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
+                 ctx: RunContext) -> None:
+    """Run every grid point that no trial has finished or runs in a live worker.
 
-
-def _enqueue_missing(study: optuna.Study, grid: Sequence[float]) -> int:
-    """Queue every grid point not finished, running or queued; largest LR first, so a
-    diverging LR is pruned at once and the good ones set the bar for the small ones."""
-    taken = {trial_lr(t) for t in study.get_trials(deepcopy=False, states=_TAKEN)}
-    missing = [lr for lr in sorted(grid, reverse=True) if lr not in taken]
-    for lr in missing:
-        study.enqueue_trial({"lr": lr})
-    return len(missing)
-
-
-def run_lr_sweep(
-    study: optuna.Study,
-    cfg: SweepConfig,
-    train_cfg: TrainConfig,
-    build: Callable[[], tuple[torch.nn.Module, Any]],
-    train: EncodedData,
-    val: EncodedData,
-    tasks: Sequence[TaskSpec],
-    device: str,
-    session: Session,
-) -> None:
-    """Run every grid point that has not finished. ``build`` returns (model, GroupSpec)
-    with the same initial weights each call."""
-    fail_stale_trials(study, cfg.stale_after_s)
-    _enqueue_missing(study, cfg.lr_grid)
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    done = len([t for t in study.get_trials(deepcopy=False, states=_DONE)])
-    logger.info("LR sweep %s: %d of %d grid points done, %d to run", study.study_name,
-                done, len(cfg.lr_grid), len(waiting))
-    bar = tqdm(total=len(cfg.lr_grid), initial=min(done, len(cfg.lr_grid)), desc="LR sweep",
-               unit="trial", disable=not train_cfg.progress)
-    ran: list[int] = []
-
-    def objective(trial: optuna.Trial) -> float:
-        ran.append(trial._trial_id)
-        trial.set_user_attr(WORKER_ATTR, worker_id())
-        lr = trial.suggest_float("lr", min(cfg.lr_grid), max(cfg.lr_grid), log=True)
-        _mark_grid_point(study, trial, lr)
-        owner = _owner_of(study, lr, trial.number, cfg.stale_after_s)
-        if owner is not None:
-            trial.set_user_attr("duplicate_of", owner)
-            raise _Duplicate(f"LR {lr:g} is already taken by trial {owner}")
-        return _train_trial(trial, lr, cfg, train_cfg, build, train, val, tasks, device)
-
+    Each point is claimed before it starts (``grid_claims``): a trial is asked for, the
+    claims are worked out from the trial numbers, and the trial takes its LR as a
+    fixed parameter. Workers sharing the storage split the grid without running a point
+    twice.
+    """
+    stale_after_s = ctx.stale_after_s
+    fail_stale_trials(study, stale_after_s)
+    grid = cfg.lr_grid
+    free = _free_points(study, grid, stale_after_s)
+    logger.info("LR sweep %s: %d of %d grid points done or running, %d to run",
+                study.study_name, len(grid) - len(free), len(grid), len(free))
+    bar = tqdm(total=len(grid), initial=len(grid) - len(free), desc="LR sweep", unit="trial",
+               disable=not train_cfg.progress)
     while True:
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if not _free_points(study, grid, stale_after_s):
             running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                       if not trial_is_gone(t, cfg.stale_after_s)]
+                       if not trial_is_gone(t, stale_after_s)]
             if not running:
                 break
             # Another worker is running grid points: selection needs them all.
             logger.info("LR sweep: waiting for %d grid point(s) running in another worker: %s",
-                        len(running), ", ".join(f"LR {trial_lr(t):g}" for t in running))
+                        len(running), ", ".join(f"LR {trial_lr(t):g}" for t in running
+                                                if trial_lr(t) is not None))
             time.sleep(_POLL_S)
             continue
-        # optimize() pops the oldest queued trial atomically; a queued duplicate (two
-        # workers queued the same point) ends as FAIL with its duplicate_of attr.
-        study.optimize(objective, n_trials=1, catch=(_Duplicate,))
-        frozen = study._storage.get_trial(ran[-1])
-        lr = frozen.params["lr"]
-        if frozen.state == TrialState.FAIL:
-            logger.info("LR %g: queued twice; trial %d runs it, trial %d is skipped", lr,
-                        frozen.user_attrs.get("duplicate_of"), frozen.number)
+        trial = study.ask()
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        claims = grid_claims(study.get_trials(deepcopy=False), grid,
+                             lambda t: trial_is_gone(t, stale_after_s))
+        lr = claims.get(trial.number)
+        if lr is None:
+            # Another worker claimed the last free point between our look and our ask.
+            trial.set_user_attr("unused", "every grid point was claimed by an earlier trial")
+            study.tell(trial, state=TrialState.PRUNED)
             continue
+        trial.suggest_float("lr", lr, lr)
+        frozen = _run_point(study, trial, lr, cfg, train_cfg, ctx)
         if frozen.state == TrialState.PRUNED:
             logger.info("LR %g pruned: %s", lr, frozen.user_attrs.get("pruned_reason"))
         else:
             logger.info("LR %g finished: avg val loss of the last epochs %.4f", lr, frozen.value)
-        session.write_json(f"lr_sweep/lr_{lr:g}_metrics.json", {
+        ctx.session.write_json(f"lr_sweep/lr_{lr:g}_metrics.json", {
             "lr": lr, "state": frozen.state.name, "trial_number": frozen.number,
             "config": json_safe(vars(replace(train_cfg, lr=lr))),
             "history": history_of(frozen),
@@ -217,21 +216,35 @@ def run_lr_sweep(
     bar.close()
 
 
+def _run_point(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: SweepConfig,
+               train_cfg: TrainConfig, ctx: RunContext) -> optuna.trial.FrozenTrial:
+    """Train one claimed grid point and tell the study how it ended."""
+    try:
+        value = _train_trial(trial, lr, cfg, train_cfg, ctx)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=TrialState.PRUNED)
+    except BaseException:
+        # An error or Ctrl-C fails the trial; the point is free again for the next run.
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    return study.tell(trial, value)
+
+
 def _train_trial(trial: optuna.Trial, lr: float, cfg: SweepConfig, train_cfg: TrainConfig,
-                 build: Callable, train: EncodedData, val: EncodedData,
-                 tasks: Sequence[TaskSpec], device: str) -> float:
+                 ctx: RunContext) -> float:
     # The sweep trains like the long run (LLRD, smoothing, clipping, cosine over its own
     # epochs) but without R-Drop and EMA, which do not change which LR is best and
     # would double its cost.
     run_cfg = replace(train_cfg, lr=lr, epochs=cfg.epochs, r_drop=0.0, ema_decay=0.0)
     torch.manual_seed(run_cfg.seed)
-    model, spec = build()
-    engine = build_engine(model, spec, tasks, run_cfg, steps_per_epoch(len(train), run_cfg), device)
-    initial = evaluate(model, val, tasks, device=engine.device)["loss"]
+    model, spec = ctx.build()
+    engine = build_engine(model, spec, ctx.tasks, run_cfg, steps_per_epoch(len(ctx.train), run_cfg),
+                          ctx.device)
+    initial = evaluate(model, ctx.val, ctx.tasks, device=engine.device)["loss"]
     trial.set_user_attr(INITIAL_ATTR, initial)
     history: list[dict] = []
     for epoch in range(1, cfg.epochs + 1):
-        metrics = run_epoch(engine, train, val, epoch)
+        metrics = run_epoch(engine, ctx.train, ctx.val, epoch)
         crash_point(f"sweep:lr={lr:g}:epoch={epoch}")  # trained, not yet reported
         history.append(json_safe(metrics))
         trial.set_user_attr(epoch_attr(epoch), history[-1])
@@ -241,6 +254,7 @@ def _train_trial(trial: optuna.Trial, lr: float, cfg: SweepConfig, train_cfg: Tr
                     cfg.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_acc"])
         if trial.should_prune():
             trial.set_user_attr("final_evaluation", json_safe(final_evaluation(history)))
+            trial.set_user_attr("pruned_reason", trial.study.pruner.reason(trial.number))
             raise optuna.TrialPruned()
     evaluation = final_evaluation(history)
     trial.set_user_attr("final_evaluation", json_safe(evaluation))

@@ -30,11 +30,18 @@ from storage import (
     read_json,
     verify_checkpoint,
 )
-from storage.studies import create_storage, dashboard_command, default_storage_url, mask_url
+from storage.studies import (
+    create_storage,
+    dashboard_command,
+    default_storage_url,
+    mask_url,
+    name_metrics,
+)
 
 from .baselines import linear_baseline, majority_class
 from .config import PipelineConfig
-from .crossover import ResumableTPESampler, best_recipe, best_single_epoch, run_crossover_study
+from .context import RunContext
+from .crossover import QUEUED_ATTR, ResumableTPESampler, best_recipe, best_single_epoch, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
 from .final import build_candidates, build_test_table, write_final_model
 from .long_run import claim_phase4, release_phase4, run_long_run
@@ -42,6 +49,7 @@ from .lr_sweep import default_grid, history_of, open_sweep_study, run_lr_sweep, 
 from .prepare import load_data, log_truncation, prepare_data
 from .report import (
     crossover_section,
+    fmt,
     lr_section,
     sweet_spot_section,
     test_section,
@@ -49,6 +57,7 @@ from .report import (
     write_report,
 )
 from .selection import grid_edge, grid_verdict, next_lr_beyond, select_lr
+from .settings import check_settings, check_study_settings
 from .sweet_spot import OverfitConfig, find_sweet_spots
 from .uncertainty import BootstrapConfig
 
@@ -85,6 +94,7 @@ def run(cfg: PipelineConfig) -> dict:
                 sum(p.numel() for p in model.parameters()))
     del model
     session = Session.create(cfg.backup_dir, cfg.study)
+    settings = check_settings(session, cfg)  # refuses a rerun with other settings
     url = storage_url(cfg)
     storage = create_storage(url)
     logger.info("session folder: %s; storage: %s", session.root, mask_url(url))
@@ -105,11 +115,14 @@ def run(cfg: PipelineConfig) -> dict:
     if cfg.stop_after == 0:
         logger.info("stopping after phase 0 (--stop-after 0)")
         return {}
+    ctx = RunContext(tasks=tuple(dataset.tasks), build=build_fn, train=train, val=val,
+                     session=session, device=cfg.device, stale_after_s=cfg.stale_after_s,
+                     progress=cfg.train.progress, settings=settings)
 
     # -- phase 1: LR sweep, then selection
     crash_point("phase:1")
     start = time.perf_counter()
-    report = sweep_and_select(storage, cfg, build_fn, train, val, dataset.tasks, session)
+    report = sweep_and_select(storage, cfg, ctx)
     logger.info("phase 1 done in %.0f s: %s", time.perf_counter() - start, report["selection_reason"])
     if cfg.stop_after == 1:
         logger.info("stopping after phase 1 (--stop-after 1)")
@@ -120,8 +133,9 @@ def run(cfg: PipelineConfig) -> dict:
     start = time.perf_counter()
     long_study = optuna.create_study(study_name=f"{cfg.study}-long-run", storage=storage,
                                      direction="minimize", load_if_exists=True)
-    summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, build_fn,
-                           train, val, dataset.tasks, cfg.device, session)
+    name_metrics(long_study, ["best_val_loss"])  # intermediate values: val loss per epoch
+    check_study_settings(long_study, settings)
+    summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, ctx)
     if summary is None:
         logger.info("the long run belongs to another live worker; this one is done")
         return {}
@@ -130,7 +144,7 @@ def run(cfg: PipelineConfig) -> dict:
     if cfg.stop_after == 2:
         logger.info("stopping after phase 2 (--stop-after 2)")
         return summary
-    owner = claim_phase4(long_study, cfg.long_run.stale_after_s)
+    owner = claim_phase4(long_study, ctx.stale_after_s)
     if owner is not None:
         logger.info("phases 3 and 4 are running in worker %s; this one is done", owner)
         return {}
@@ -138,7 +152,7 @@ def run(cfg: PipelineConfig) -> dict:
     # -- phase 3: overfitting point and sweet spots (metrics only, no weights loaded)
     crash_point("phase:3")
     _, spec = build_fn()
-    analysis = analyze_long_run(long_study, spec, cfg.overfit, session)
+    analysis, history = analyze_long_run(long_study, spec, cfg.overfit, session)
     logger.info("phase 3: overfitting point %s (%s); sweet spots %s", analysis["overfitting_point"],
                 analysis["decided_by"],
                 {g: v["epoch"] for g, v in analysis["sweet_spots"].items()})
@@ -150,39 +164,40 @@ def run(cfg: PipelineConfig) -> dict:
     # -- phase 4: crossover search on val, then the test table nothing above has seen
     crash_point("phase:4")
     start = time.perf_counter()
-    test = dataset.encode(splits["test"], tokenizer)
-    references = reference_rows(dataset, splits, {"train": train, "val": val, "test": test})
-    results = run_phase4(cfg, storage, session, spec, analysis, long_study, report, build_fn,
-                         val, test, dataset.tasks, references)
+    ctx = replace(ctx, test=dataset.encode(splits["test"], tokenizer))
+    references = reference_rows(dataset, splits, {"train": train, "val": val, "test": ctx.test})
+    results = run_phase4(cfg, storage, ctx, spec, analysis, history, long_study, report,
+                         references)
     release_phase4(long_study)
     recipe = results["crossover_recipe"]
     logger.info("phase 4 done in %.0f s: final model %s (val loss %.4f, test acc %s); report in %s",
                 time.perf_counter() - start, recipe["method"], recipe["val_loss"],
-                recipe["test_acc"], session.path("final", "report.md"))
+                fmt(recipe["test_acc"]), session.path("final", "report.md"))
     return summary
 
 
-def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, session: Session,
-               spec: GroupSpec, analysis: dict, long_study: optuna.Study, report: dict,
-               build_fn, val, test, tasks, references: dict | None = None) -> dict:
+def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: RunContext,
+               spec: GroupSpec, analysis: dict, history: list[dict], long_study: optuna.Study,
+               report: dict, references: dict | None = None) -> dict:
     """Crossover study, ensembles and soups, the test table, the final model, the report
     and the dashboard; final_results.json last."""
+    session, tasks, val, test = ctx.session, ctx.tasks, ctx.val, ctx.test
     root = session.path("checkpoints")
-    trial = long_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))[0]
-    history = history_of(trial)
     checkpoints = analysis["curves"]["checkpoints"]
     sweet = {g: v["epoch"] for g, v in analysis["sweet_spots"].items()}
     single = best_single_epoch(history, checkpoints)
     first = [sweet, {g: single for g in spec.groups}]
     distinct = len({tuple(sorted(r.items())) for r in first})
-    model, _ = build_fn()
+    model, _ = ctx.build()
     study = optuna.create_study(study_name=f"{cfg.study}-crossover", storage=storage,
                                 direction="minimize", load_if_exists=True,
                                 sampler=ResumableTPESampler(cfg.train.seed))
+    name_metrics(study, ["val_loss"])  # the assembled model's fused val loss
+    if ctx.settings is not None:
+        check_study_settings(study, ctx.settings)
     damaged = {int(e) for e in analysis["skipped_checkpoints"]}
-    run_crossover_study(study, root, spec, sorted({*checkpoints, *damaged}), first, model, val,
-                        tasks, cfg.crossover_trials + distinct, cfg.device,
-                        progress=cfg.train.progress, damaged=damaged)
+    run_crossover_study(study, ctx, spec, sorted({*checkpoints, *damaged}), first, model,
+                        cfg.crossover_trials + distinct, damaged)
     optimized, best_value = best_recipe(study, damaged)
     candidates = build_candidates(root, spec, history, checkpoints, single, sweet, optimized,
                                   model, val, tasks, cfg.device)
@@ -210,7 +225,7 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, sessio
     search = {"n_complete": len(complete), "best_value": best_value,
               "best_params": optimized,
               "trials": [{"number": t.number, "value": t.value,
-                          "queued": "fixed_params" in t.system_attrs} for t in complete]}
+                          "queued": QUEUED_ATTR in t.user_attrs} for t in complete]}
     write_report(session, results, analysis, history, search, report, tasks[0].name)
     session.write_json("final_results.json", results)
     sweep = optuna.load_study(study_name=f"{cfg.study}-lr-sweep", storage=storage)
@@ -269,8 +284,9 @@ def intact_checkpoints(root: Path, spec: GroupSpec) -> tuple[list[int], dict[int
 
 
 def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfig,
-                     session: Session) -> dict:
-    """Phase 3 over the long run's epoch reports; writes analysis/sweet_spot_analysis.json."""
+                     session: Session) -> tuple[dict, list[dict]]:
+    """Phase 3 over the long run's epoch reports; writes analysis/sweet_spot_analysis.json.
+    Returns the analysis and the epoch reports it read."""
     trial = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))[0]
     history = history_of(trial)
     intact, skipped = intact_checkpoints(session.path("checkpoints"), spec)
@@ -282,11 +298,11 @@ def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfi
     analysis = find_sweet_spots(history, checkpoints, losses, spec.independent, overfit)
     analysis["skipped_checkpoints"] = {str(e): why for e, why in skipped.items()}
     session.write_json("analysis/sweet_spot_analysis.json", analysis)
-    return analysis
+    return analysis, history
 
 
-def sweep_and_select(storage: optuna.storages.BaseStorage, cfg: PipelineConfig, build_fn,
-                     train, val, tasks, session: Session) -> dict:
+def sweep_and_select(storage: optuna.storages.BaseStorage, cfg: PipelineConfig,
+                     ctx: RunContext) -> dict:
     """Phase 1: the grid, then, while the selected LR is the largest or smallest LR tried,
     one more point beyond that edge (up to ``extend_grid``). Every decision is derived
     from the study, so a rerun takes the same steps and runs only what is missing."""
@@ -296,10 +312,12 @@ def sweep_and_select(storage: optuna.storages.BaseStorage, cfg: PipelineConfig, 
     while True:
         sweep_cfg = replace(cfg.sweep, lr_grid=grid)
         study = open_sweep_study(storage, name, sweep_cfg, cfg.train.seed)
+        if ctx.settings is not None:  # workers elsewhere share the study, not the folder
+            check_study_settings(study, ctx.settings)
         if not study_lrs(study) <= set(grid):  # points an earlier run added: resume them too
             grid = tuple(sorted({*grid, *study_lrs(study)}))
             continue
-        run_lr_sweep(study, sweep_cfg, cfg.train, build_fn, train, val, tasks, cfg.device, session)
+        run_lr_sweep(study, sweep_cfg, cfg.train, ctx)
         evaluations, excluded, _ = sweep_outcome(study)
         selected = select_lr(evaluations, cfg.selection_weights, cfg.selection_method,
                              excluded)["selected_lr"]
@@ -315,7 +333,7 @@ def sweep_and_select(storage: optuna.storages.BaseStorage, cfg: PipelineConfig, 
         grid = tuple(sorted({*grid, new}))
     verdict = grid_verdict(selected, tried, sorted(evaluations), extended, cfg.sweep.extend_grid)
     (logger.info if verdict["interior"] else logger.warning)("LR sweep: %s", verdict["message"])
-    return write_selection(study, cfg, session, verdict)
+    return write_selection(study, cfg, ctx.session, verdict)
 
 
 def write_selection(study: optuna.Study, cfg: PipelineConfig, session: Session,

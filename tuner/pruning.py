@@ -55,10 +55,16 @@ def prune_reason(
 
 
 class SweepPruner(optuna.pruners.BasePruner):
-    """Optuna pruner applying :func:`prune_reason` (the reason is kept as a user attr)."""
+    """Optuna pruner applying :func:`prune_reason`; the trial stores ``reason(number)``
+    as its ``pruned_reason`` user attr (a pruner may only read trials)."""
 
     def __init__(self, rule: PruneRule):
         self.rule = rule
+        self._reasons: dict[int, str] = {}  # trial number -> why it was pruned
+
+    def reason(self, number: int) -> str:
+        """Why trial ``number`` was pruned in this process."""
+        return self._reasons.get(number, "by the pruner")
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         epoch = trial.last_step
@@ -70,5 +76,5 @@ class SweepPruner(optuna.pruners.BasePruner):
         reason = prune_reason(trial.intermediate_values[epoch], epoch,
                               trial.user_attrs.get(INITIAL_ATTR), others, self.rule)
         if reason is not None:
-            study._storage.set_trial_user_attr(trial._trial_id, "pruned_reason", reason)
+            self._reasons[trial.number] = reason
         return reason is not None

@@ -51,7 +51,7 @@ def plot_learning_curves(analysis: Mapping[str, Any]) -> Figure:
     left, right = fig.subplots(1, 2)
     left.plot(c["epochs"], c["train_loss"], label="train loss")
     left.plot(c["epochs"], c["val_loss"], label="val loss")
-    styles = dict(zip(("seed", "gl", "pq", "up"), (":", "--", "-.", (0, (1, 3))), strict=True))
+    styles = dict(zip(("gap-rise", "gl", "pq", "up"), (":", "--", "-.", (0, (1, 3))), strict=True))
     for name, crit in analysis["criteria"].items():
         if crit["overfitting_point"] is not None:
             width = 2.0 if name == analysis["decided_by"] else 1.0
@@ -129,7 +129,8 @@ def plot_test_table(table: Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
+def fmt(x: Any, digits: int = 4) -> str:
+    """A number for tables and logs: 4 decimals; "-" for a missing one."""
     return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
@@ -175,7 +176,7 @@ def sweet_spot_section(analysis: Mapping[str, Any]) -> list[str]:
              f"{analysis['overfitting_point'] or 'none (no criterion fired)'}.", "",
              "| criterion | fires at epoch | overfitting point |", "|---|---|---|"]
     for name, c in analysis["criteria"].items():
-        lines.append(f"| {name} | {_fmt(c['fires_at_epoch'])} | {_fmt(c['overfitting_point'])} |")
+        lines.append(f"| {name} | {fmt(c['fires_at_epoch'])} | {fmt(c['overfitting_point'])} |")
     lines += ["", "| group | sweet spot | score | why |", "|---|---|---|---|"]
     for group, s in analysis["sweet_spots"].items():
         lines.append(f"| {group} | {s['epoch']} | {s['score']:.4f} | {s['reason']} |")
@@ -207,9 +208,9 @@ def test_section(results: Mapping[str, Any], primary: str) -> list[str]:
              "test macro-F1 | other tasks (test) |", "|---|---|---|---|---|---|---|---|"]
     for r in table:
         name = f"{r['candidate']} (*reference*)" if r.get("reference") else r["candidate"]
-        lines.append(f"| {name} | {_fmt(r['val_loss'])} | {_fmt(r['test_loss'])} | "
-                     f"{_fmt(r['val_acc'])} | {_fmt(r['test_acc'])}{_ci(r, 'acc')} | "
-                     f"{_fmt(r['val_macro_f1'])} | {_fmt(r['test_macro_f1'])}{_ci(r, 'macro_f1')} | "
+        lines.append(f"| {name} | {fmt(r['val_loss'])} | {fmt(r['test_loss'])} | "
+                     f"{fmt(r['val_acc'])} | {fmt(r['test_acc'])}{_ci(r, 'acc')} | "
+                     f"{fmt(r['val_macro_f1'])} | {fmt(r['test_macro_f1'])}{_ci(r, 'macro_f1')} | "
                      f"{_other_tasks(r, primary, 'test')} |")
     verdicts = [r["verdict"] for r in table if r.get("verdict") and r is not table[0]]
     if verdicts:
@@ -228,7 +229,7 @@ def test_section(results: Mapping[str, Any], primary: str) -> list[str]:
             f"`final/optimal_crossover_model.safetensors`: **{recipe['method']}**, the single "
             f"model with the best val accuracy of the primary task ({recipe['val_acc']:.4f}; ties: "
             f"the lower val loss, here {recipe['val_loss']:.4f}); test loss "
-            f"{_fmt(recipe['test_loss'])}, test accuracy {_fmt(recipe['test_acc'])}. A prediction "
+            f"{fmt(recipe['test_loss'])}, test accuracy {fmt(recipe['test_acc'])}. A prediction "
             "ensemble is several models, so it is reported but not a candidate for this file. "
             "Recipe in `final/recipe.json`.", ""]
 
@@ -266,3 +267,44 @@ def write_report(session: Session, results: Mapping[str, Any], analysis: Mapping
 
 __all__ = ["PLOTS", "crossover_section", "data_section", "lr_section", "render_markdown",
            "sweet_spot_section", "test_section", "without_images", "write_report"]
+
+
+def _row_line(label: str, row: Mapping[str, Any] | None) -> str:
+    if row is None:
+        return f"  {label:<24} -"
+    ci = (row.get("test_ci") or {}).get("acc", {}).get("ci")
+    interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    return (f"  {label:<24} test acc {row['test_acc']:.4f}{interval}   "
+            f"macro-F1 {fmt(row.get('test_macro_f1'))}")
+
+
+def run_summary(selection: Mapping[str, Any] | None, analysis: Mapping[str, Any] | None,
+                results: Mapping[str, Any] | None, report_path: str, dashboard: str) -> list[str]:
+    """The block printed when a run ends: the decisions of each phase that ran, the final
+    model's test row next to the best single checkpoint and the linear baseline, and
+    where to look next."""
+    lines = ["", "== redheart-tuner: run summary =="]
+    if selection:
+        lines.append(f"LR           {selection['selected_lr']:g}: {selection['selection_reason']}")
+        grid = selection.get("grid") or {}
+        if grid.get("message"):
+            lines.append(f"             {grid['message']}")
+    if analysis:
+        spots = {g: v["epoch"] for g, v in analysis["sweet_spots"].items()}
+        point = analysis["overfitting_point"]
+        where = f"epoch {point}" if point is not None else "none (no criterion fired)"
+        lines.append(f"overfitting  {where}, decided by {analysis['decided_by']}; "
+                     f"sweet spots {spots}")
+    if results:
+        table = {r["candidate"]: r for r in results["test_table"]}
+        final = results["crossover_recipe"]["method"]
+        lines += [f"final model  {final}", _row_line(final, table.get(final))]
+        if final != "best_single_checkpoint":
+            lines.append(_row_line("best_single_checkpoint", table.get("best_single_checkpoint")))
+        lines.append(_row_line("linear_baseline", table.get("linear_baseline")))
+        ci = (table.get(final, {}).get("test_ci") or {})
+        if "acc_vs_linear_baseline" in ci:
+            lines.append(f"             {verdict(final, ci, 'linear_baseline')}")
+        lines.append(f"report       {report_path}")
+    lines.append(f"dashboard    {dashboard}")
+    return lines

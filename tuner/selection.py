@@ -1,12 +1,12 @@
 """Multi-criterion LR selection: pure functions over the sweep's epoch histories.
 
-Criteria and weights are the seed's: validation loss 0.4, stability 0.2,
-efficiency 0.2, overfitting 0.2. The seed scores them with formulas in different
+Criteria and weights are the strategy's: validation loss 0.4, stability 0.2,
+efficiency 0.2, overfitting 0.2. The strategy scores them with formulas in different
 units (1 / (1 + val loss), min(1, absolute loss drop), ...), so a criterion's
 weight depends on the loss scale. The default, ``"normalized"``, makes every
 criterion scale-free: each candidate's raw figure is min-max normalized across
 the candidates to [0, 1] (1 = best of them; all equal -> 1), then weighted.
-``"seed"`` keeps the seed's literal formulas.
+``"strategy"`` keeps the strategy's literal formulas.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ class SelectionWeights:
 
 
 def final_evaluation(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """The seed's final_evaluation of one LR's epochs, plus a scale-free improvement.
+    """The strategy's final_evaluation of one LR's epochs, plus a scale-free improvement.
 
     overfit_gap is val loss - train loss at the last epoch (positive = overfitting;
-    the seed's sign is the opposite); convergence_rate is the mean absolute change of
-    the train loss per epoch, as the seed.
+    the strategy's sign is the opposite); convergence_rate is the mean absolute change of
+    the train loss per epoch, as the strategy.
     """
     def num(v: Any) -> float:  # None stands for a non-finite value in stored JSON
         return math.nan if v is None else float(v)
@@ -71,7 +71,7 @@ def _raw_goodness(ev: Mapping[str, float]) -> dict[str, float]:
     }
 
 
-def _seed_scores(ev: Mapping[str, float]) -> dict[str, float]:
+def _strategy_scores(ev: Mapping[str, float]) -> dict[str, float]:
     return {
         "val_loss": 1.0 / (1.0 + ev["avg_val_loss"]),
         "stability": ev["stability_overall"],
@@ -83,11 +83,11 @@ def _seed_scores(ev: Mapping[str, float]) -> dict[str, float]:
 def criterion_scores(
     evaluations: Mapping[float, Mapping[str, float]], method: str = "normalized"
 ) -> dict[float, dict[str, float]]:
-    """LR -> criterion -> score in [0, 1] (seed formulas may leave that range)."""
-    if method == "seed":
-        return {lr: _seed_scores(ev) for lr, ev in evaluations.items()}
+    """LR -> criterion -> score in [0, 1] (the strategy's formulas may leave that range)."""
+    if method == "strategy":
+        return {lr: _strategy_scores(ev) for lr, ev in evaluations.items()}
     if method != "normalized":
-        raise ValueError(f"selection method must be 'normalized' or 'seed', got {method!r}")
+        raise ValueError(f"selection method must be 'normalized' or 'strategy', got {method!r}")
     raw = {lr: _raw_goodness(ev) for lr, ev in evaluations.items()}
     out: dict[float, dict[str, float]] = {lr: {} for lr in raw}
     for c in CRITERIA:

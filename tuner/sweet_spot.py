@@ -1,7 +1,7 @@
 """Phase 3: overfitting point and per-group sweet spots, pure functions over epoch reports.
 
 Overfitting criteria (which one decides is a setting; the report shows all):
-- ``seed``: the val-minus-train gap rises at ``rises`` checkpoints in a row (default 3,
+- ``gap-rise``: the val-minus-train gap rises at ``rises`` checkpoints in a row (default 3,
   so one noisy bump never fires it) -> the checkpoint before the rises.
 - ``gl``: Prechelt's GL_alpha, 100 * (val / best val so far - 1) > alpha.
 - ``pq``: Prechelt's PQ_alpha, GL / P_k > alpha at the end of each strip of k epochs, where
@@ -12,7 +12,7 @@ Overfitting criteria (which one decides is a setting; the report shows all):
 last checkpoint before the epoch at which it fires; None when it never fires.
 
 Per-group sweet spot: the checkpoint, up to the overfitting point (independent groups: any
-checkpoint), minimizing the seed's score: group val loss + 0.2 * gap - 0.1 * stability,
+checkpoint), minimizing the strategy's score: group val loss + 0.2 * gap - 0.1 * stability,
 with the group's own validation loss (its modules' losses) and the unit-free stability score.
 """
 
@@ -23,12 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-CRITERIA = ("seed", "gl", "pq", "up")
+CRITERIA = ("gap-rise", "gl", "pq", "up")
 
 
 @dataclass(frozen=True)
 class OverfitConfig:
-    # GL decides by default: the seed's gap rule also fires while val loss still improves
+    # GL decides by default: the strategy's gap rule also fires while val loss still improves
     # (the gap grows from negative, dropout-inflated train loss, toward zero); on the
     # default run it fired at epoch 24 while val loss kept falling to epoch 57.
     decide_by: str = "gl"
@@ -51,7 +51,7 @@ class OverfitConfig:
             raise ValueError(f"up_strips must be >= 1, got {self.up_strips!r}")
 
 
-def seed_rule(epochs: Sequence[int], gaps: Sequence[float], rises: int = 3) -> int | None:
+def gap_rise_rule(epochs: Sequence[int], gaps: Sequence[float], rises: int = 3) -> int | None:
     """Epoch at which the gap has risen ``rises`` checkpoints in a row (None if never)."""
     run = 0
     for i in range(1, len(gaps)):
@@ -113,16 +113,16 @@ def overfitting_points(history: Sequence[Mapping[str, Any]], checkpoints: Sequen
     ck_epochs = [h["epoch"] for h in at_ckpt]
     gaps = [h["val_loss"] - h["train_loss"] for h in at_ckpt]
     fired = {
-        "seed": seed_rule(ck_epochs, gaps, cfg.rises),
+        "gap-rise": gap_rise_rule(ck_epochs, gaps, cfg.rises),
         "gl": gl_rule(epochs, val, cfg.gl_alpha),
         "pq": pq_rule(epochs, train, val, cfg.pq_alpha, cfg.strip),
         "up": up_rule(epochs, val, cfg.strip, cfg.up_strips),
     }
     out = {}
     for name, epoch in fired.items():
-        # The seed's point is the checkpoint before the run of rises; the others, the
+        # The strategy's point is the checkpoint before the run of rises; the others, the
         # last checkpoint before the epoch at which they fire.
-        point = (_checkpoint_before(epoch, ck_epochs, cfg.rises) if name == "seed"
+        point = (_checkpoint_before(epoch, ck_epochs, cfg.rises) if name == "gap-rise"
                  else _checkpoint_before(epoch, ck_epochs))
         out[name] = {"fires_at_epoch": epoch, "overfitting_point": point}
     return out
@@ -135,7 +135,7 @@ def group_val_loss(entry: Mapping[str, Any], loss_keys: Sequence[str]) -> float:
 
 
 def sweet_spot_score(entry: Mapping[str, Any], loss_keys: Sequence[str]) -> float:
-    """The seed's score (lower is better): group val loss + 0.2 * |gap| - 0.1 * stability."""
+    """The strategy's score (lower is better): group val loss + 0.2 * |gap| - 0.1 * stability."""
     gap = abs(entry["val_loss"] - entry["train_loss"])
     return group_val_loss(entry, loss_keys) + 0.2 * gap - 0.1 * entry["stability_score"]
 

@@ -10,7 +10,6 @@ from storage.checkpoints import (
     list_checkpoints,
     load_tensors,
     read_resume,
-    restore_engine,
     save_checkpoint,
     save_resume,
     verify_checkpoint,
@@ -81,11 +80,12 @@ def test_resuming_from_the_state_equals_an_unbroken_run(tmp_path, embedded_small
 
     first = _engine(train)
     train_one_epoch(first, train, 1)
-    save_resume(tmp_path / "resume", 1, first, {"history": [{"epoch": 1}]})
+    tensors, plain = first.state_dict()
+    save_resume(tmp_path / "resume", 1, tensors, {"engine": plain, "history": [{"epoch": 1}]})
     resumed = _engine(train)
     state = read_resume(tmp_path / "resume")
     assert state.epoch == 1 and state.meta["history"] == [{"epoch": 1}]
-    restore_engine(resumed, state)
+    resumed.load_state_dict(state.tensors, state.meta["engine"])
     train_one_epoch(resumed, train, 2)
     for a, b in ((unbroken.model, resumed.model), (unbroken.ema, resumed.ema)):
         sa, sb = a.state_dict(), b.state_dict()
@@ -97,7 +97,9 @@ def _three_states(folder, data):
     engine = _engine(data)
     for epoch in (1, 2, 3):
         train_one_epoch(engine, data, epoch)
-        save_resume(folder, epoch, engine, {"history": [{"epoch": e} for e in range(1, epoch + 1)]})
+        tensors, plain = engine.state_dict()
+        save_resume(folder, epoch, tensors,
+                    {"engine": plain, "history": [{"epoch": e} for e in range(1, epoch + 1)]})
     return engine
 
 

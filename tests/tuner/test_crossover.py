@@ -6,7 +6,9 @@ import torch
 from optuna.trial import TrialState
 
 from model import build_model
+from storage import Session
 from storage.checkpoints import CheckpointError, save_checkpoint
+from tuner.context import RunContext
 from tuner.crossover import ResumableTPESampler, assemble_state, load_crossover, run_crossover_study
 
 
@@ -98,7 +100,8 @@ def test_optunas_own_seeded_tpe_does_not_survive_a_restart(tmp_path):
 def test_a_queued_recipe_whose_trial_failed_is_queued_again_and_nothing_runs_twice(
         tmp_path, embedded_small):
     ds, data = embedded_small
-    spec, _, _ = _saved(tmp_path / "ck")
+    session = Session.create(tmp_path, "s")
+    spec, _, _ = _saved(session.path("checkpoints"))
     study = optuna.create_study(study_name="x", storage=f"sqlite:///{tmp_path}/s.db",
                                 sampler=ResumableTPESampler(0))
     sweet = {g: 2 for g in spec.groups}
@@ -106,8 +109,10 @@ def test_a_queued_recipe_whose_trial_failed_is_queued_again_and_nothing_runs_twi
     dead = study.ask()                                 # the recipe's trial, then a crash
     study.tell(dead, state=TrialState.FAIL)
     model = build_model("tiny", ds.tasks)
-    run_crossover_study(study, tmp_path / "ck", spec, [2, 4], [sweet], model, data, ds.tasks, 3)
+    ctx = RunContext(tasks=ds.tasks, build=lambda: (model, spec), train=data, val=data,
+                     session=session, progress=False)
+    run_crossover_study(study, ctx, spec, [2, 4], [sweet], model, 3)
     done = [t.params for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 3 and done[0] == sweet
-    run_crossover_study(study, tmp_path / "ck", spec, [2, 4], [sweet], model, data, ds.tasks, 3)
+    run_crossover_study(study, ctx, spec, [2, 4], [sweet], model, 3)
     assert len(study.trials) == 4                      # the rerun found it all done

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 from model import build_model
 from model.training import EncodedData, TrainConfig
 from storage import Session
+from tuner.context import RunContext
 from tuner.lr_sweep import SweepConfig, open_sweep_study, run_lr_sweep, sweep_outcome
 from tuner.pruning import PruneRule, prune_reason
 
@@ -54,8 +55,8 @@ def test_a_diverging_lr_and_a_clearly_worse_lr_are_pruned_in_a_real_sweep(tmp_pa
         m = build_model("tiny", ds.tasks)
         return m, m.group_spec
 
-    run_lr_sweep(study, cfg, TrainConfig(progress=False, batch_size=32), build, train, val,
-                 ds.tasks, "cpu", session)
+    ctx = RunContext(tasks=ds.tasks, build=build, train=train, val=val, session=session)
+    run_lr_sweep(study, cfg, TrainConfig(progress=False, batch_size=32), ctx)
     by_lr = {t.params["lr"]: t for t in study.trials}
     assert by_lr[3e-3].state == TrialState.COMPLETE
     diverged, slow = by_lr[50.0], by_lr[1e-7]

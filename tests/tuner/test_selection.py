@@ -35,7 +35,7 @@ def test_normalized_scores_are_scale_free():
 
 def test_the_seeds_literal_formulas_depend_on_the_loss_scale():
     evs = {1e-4: _ev(0.5), 2e-4: _ev(0.4)}
-    seed = criterion_scores(evs, "seed")
+    seed = criterion_scores(evs, "strategy")
     assert seed[1e-4]["val_loss"] == pytest.approx(1 / 1.5)
     assert seed[1e-4]["efficiency"] == pytest.approx(min(1.0, 0.5))
     assert seed[1e-4]["overfit"] == pytest.approx(1.0)

@@ -5,10 +5,10 @@ import pytest
 from tuner.sweet_spot import (
     OverfitConfig,
     find_sweet_spots,
+    gap_rise_rule,
     gl_rule,
     overfitting_points,
     pq_rule,
-    seed_rule,
     up_rule,
 )
 
@@ -21,10 +21,10 @@ def _history(train, val, modules=None, stability=0.9):
     return out
 
 
-def test_the_seed_rule_needs_three_rises_in_a_row_and_ignores_a_single_bump():
+def test_the_gap_rise_rule_needs_three_rises_in_a_row_and_ignores_a_single_bump():
     epochs = [2, 4, 6, 8, 10, 12, 14]
-    assert seed_rule(epochs, [0.1, 0.2, 0.1, 0.15, 0.1, 0.12, 0.11]) is None   # bumps only
-    assert seed_rule(epochs, [0.1, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) == 10         # 3rd rise at 10
+    assert gap_rise_rule(epochs, [0.1, 0.2, 0.1, 0.15, 0.1, 0.12, 0.11]) is None   # bumps only
+    assert gap_rise_rule(epochs, [0.1, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) == 10         # 3rd rise at 10
 
 
 def test_prechelt_gl_fires_when_val_is_alpha_percent_above_its_best():
@@ -45,8 +45,8 @@ def test_every_criterion_is_reported_and_the_seed_point_is_the_checkpoint_before
     train = [2.0 - 0.1 * i for i in range(12)]
     val = [2.0, 1.8, 1.6, 1.5, 1.45, 1.44, 1.46, 1.5, 1.56, 1.62, 1.7, 1.8]
     points = overfitting_points(_history(train, val), checkpoints=[2, 4, 6, 8, 10, 12])
-    assert set(points) == {"seed", "gl", "pq", "up"}
-    assert points["seed"]["fires_at_epoch"] == 10 and points["seed"]["overfitting_point"] == 4
+    assert set(points) == {"gap-rise", "gl", "pq", "up"}
+    assert points["gap-rise"]["fires_at_epoch"] == 10 and points["gap-rise"]["overfitting_point"] == 4
     assert points["gl"]["fires_at_epoch"] == 9 and points["gl"]["overfitting_point"] == 8
 
 
@@ -57,7 +57,7 @@ def test_sweet_spots_stay_before_the_overfitting_point_except_for_independent_gr
     modules = [{"early": abs(i - 4) + 1.0, "late": 10.0 - i} for i in range(1, 13)]
     report = find_sweet_spots(_history(train, val, modules), [2, 4, 6, 8, 10, 12],
                               {"g_early": ("early",), "g_late": ("late",), "adv": ("late",)},
-                              independent=("adv",), cfg=OverfitConfig(decide_by="seed"))
+                              independent=("adv",), cfg=OverfitConfig(decide_by="gap-rise"))
     spots = report["sweet_spots"]
     assert report["overfitting_point"] == 4
     assert spots["g_early"]["epoch"] == 4

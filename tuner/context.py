@@ -1,0 +1,40 @@
+"""What the phases of one run share, passed as one value instead of a dozen arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from model.groups import GroupSpec
+from model.tasks import TaskSpec
+from model.training import EncodedData
+from storage import Session
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The tasks, the encoded splits, the model factory (the same initial weights on every
+    call), the device, the session folder, and how the run treats other workers."""
+
+    tasks: tuple[TaskSpec, ...]
+    build: Callable[[], tuple[nn.Module, GroupSpec]]
+    train: EncodedData
+    val: EncodedData
+    session: Session
+    device: str = "cpu"
+    test: EncodedData | None = None  # read in phase 4 only
+    stale_after_s: float = 3600.0  # a RUNNING trial with no sign of life this long is gone
+    progress: bool = True
+    settings: dict[str, Any] | None = None  # what the studies must have been run with
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("a run needs at least one task, got none")
+        if self.stale_after_s <= 0:
+            raise ValueError(f"stale_after_s must be > 0, got {self.stale_after_s!r}")
+
+
+__all__ = ["RunContext"]

@@ -1,0 +1,147 @@
+"""What a study was run with, so a rerun resumes it only with the same settings.
+
+The first run writes ``settings.json`` into the session folder (and the same dict as a
+user attr of each Optuna study): the format version of the session layout and every
+setting that shapes results, with the sha256 of the data file and of a ``--model``
+factory's source. A rerun compares; a difference is refused with a diff, because
+resuming would silently mix two experiments.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from storage import Session, json_safe, read_json
+from storage.checkpoints import sha256_file
+
+from .config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+# Bump when a session folder or study written before can no longer be read correctly.
+# 2: trials claim grid points by number (no GridSampler), renamed strategy rules.
+FORMAT_VERSION = 2
+SETTINGS_FILE = "settings.json"
+SETTINGS_ATTR = "settings"
+
+# Settings a rerun may change: they decide how much runs and what is shown, not results.
+MAY_CHANGE = ("crossover_trials", "stop_after", "train.progress")
+# Flags that name the study rather than shape it (another value is another study).
+_IDENTITY = ("study", "backup_dir", "storage")
+
+
+class SettingsChanged(ValueError):
+    """A rerun asked for other settings than the study was run with."""
+
+
+class IncompatibleSession(ValueError):
+    """A session folder written by a version of the tool this one cannot read."""
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: list(value) if isinstance(value, tuple) else value}
+
+
+def _model_source(spec: str) -> str | None:
+    """sha256 of the file that defines a ``package.module:factory`` model."""
+    module = spec.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.origin or not Path(found.origin).is_file():
+        return None
+    return sha256_file(Path(found.origin))
+
+
+def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
+    """Every setting that shapes results, flat ("train.lr": ...), plus content digests."""
+    flat = _flatten(json_safe(asdict(cfg)))
+    for key in (*_IDENTITY, *MAY_CHANGE):
+        flat.pop(key, None)
+    # Derived (the pruning rule) or set by the phase that runs (train.lr, train.epochs).
+    for key in ("sweep.rule", "train.lr", "train.epochs"):
+        flat.pop(key, None)
+    if cfg.data is not None and Path(cfg.data).is_file():
+        flat["data.sha256"] = sha256_file(Path(cfg.data))
+    if cfg.model is not None:
+        flat["model.source_sha256"] = _model_source(cfg.model)
+    return flat
+
+
+def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """One line per setting that differs: ``name: old -> new``."""
+    lines = []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key, "<unset>") != new.get(key, "<unset>"):
+            lines.append(f"  {key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+    return lines
+
+
+def _has_evidence(session: Session) -> bool:
+    return any(p.is_file() for p in session.root.rglob("*.json"))
+
+
+def check_settings(session: Session, cfg: PipelineConfig) -> dict[str, Any]:
+    """Compare this run's settings with the session's; write them on its first run.
+
+    Raises IncompatibleSession for a session of another format version (or one written
+    before settings were recorded), SettingsChanged with a diff when a setting differs.
+    """
+    path = session.path(SETTINGS_FILE)
+    new = {"format_version": FORMAT_VERSION, "settings": fingerprint(cfg)}
+    if not path.exists():
+        if _has_evidence(session):
+            raise IncompatibleSession(
+                f"{session.root}: this session was written by an older version of "
+                f"redheart-tuner (no {SETTINGS_FILE}; this version writes format "
+                f"{FORMAT_VERSION}) and cannot be resumed: start a new study with "
+                "--study <new name> or another --backup-dir")
+        session.write_json(SETTINGS_FILE, new)
+        return new
+    old = read_json(path)
+    if old.get("format_version") != FORMAT_VERSION:
+        raise IncompatibleSession(
+            f"{path}: written by a version of redheart-tuner with session format "
+            f"{old.get('format_version')!r}; this version reads format {FORMAT_VERSION} only: "
+            "start a new study with --study <new name> or another --backup-dir")
+    diff = settings_diff(old["settings"], new["settings"])
+    if diff:
+        raise SettingsChanged(
+            f"study {cfg.study!r} in {session.root} was run with other settings, and a rerun "
+            "resumes it only with the same ones:\n" + "\n".join(diff) + "\n"
+            "Rerun with the old settings to resume, or start a new study with --study "
+            "<new name> (or another --backup-dir). Settings a rerun may change: "
+            "--crossover-trials, --stop-after, --no-progress, --log-level, --debug.")
+    return old
+
+
+def check_study_settings(study: Any, settings: dict[str, Any]) -> None:
+    """The same check against what an Optuna study records (workers on other machines
+    have their own session folders but share the study); records it on first use."""
+    old = study.user_attrs.get(SETTINGS_ATTR)
+    if old is None:
+        study.set_user_attr(SETTINGS_ATTR, settings)
+        return
+    if old.get("format_version") != settings["format_version"]:
+        raise IncompatibleSession(
+            f"study {study.study_name!r} was written with session format "
+            f"{old.get('format_version')!r}; this version reads format {FORMAT_VERSION} only")
+    diff = settings_diff(old["settings"], settings["settings"])
+    if diff:
+        raise SettingsChanged(f"study {study.study_name!r} was run with other settings:\n"
+                              + "\n".join(diff) + "\nRerun with those settings, or start a "
+                              "new study with --study <new name>.")
+
+
+__all__ = ["FORMAT_VERSION", "MAY_CHANGE", "IncompatibleSession", "SettingsChanged",
+           "check_settings", "check_study_settings", "fingerprint", "settings_diff"]
