@@ -10,6 +10,9 @@ import psutil
 
 WORKER_ATTR = "worker"
 HEARTBEAT_ATTR = "heartbeat"
+# A RUNNING trial whose worker shows no sign of life this long is taken over (sweep, long
+# run, crossover alike): on another host, no heartbeat; on this one, a dead pid at once.
+STALE_AFTER_S = 3600.0
 
 
 def _start_time(pid: int) -> str | None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from model.training import TrainConfig
 
+from ._workers import STALE_AFTER_S
 from .long_run import LongRunConfig
 from .lr_sweep import SweepConfig
 from .selection import SelectionWeights
@@ -37,9 +38,7 @@ class PipelineConfig:
     overfit: OverfitConfig = field(default_factory=OverfitConfig)
     crossover_trials: int = 30
     stop_after: int = 4  # the last phase to run (0-4)
-    # A RUNNING trial whose worker shows no sign of life this long is taken over (sweep,
-    # long run, crossover alike): on another host, no heartbeat; on this one, a dead pid.
-    stale_after_s: float = 3600.0
+    stale_after_s: float = STALE_AFTER_S  # see tuner._workers
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:

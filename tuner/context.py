@@ -13,6 +13,8 @@ from model.tasks import TaskSpec
 from model.training import EncodedData
 from storage import Session
 
+from ._workers import STALE_AFTER_S
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -26,7 +28,7 @@ class RunContext:
     session: Session
     device: str = "cpu"
     test: EncodedData | None = None  # read in phase 4 only
-    stale_after_s: float = 3600.0  # a RUNNING trial with no sign of life this long is gone
+    stale_after_s: float = STALE_AFTER_S
     progress: bool = True
     settings: dict[str, Any] | None = None  # what the studies must have been run with
 

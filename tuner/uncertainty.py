@@ -107,6 +107,8 @@ def verdict(name: str, row: Mapping[str, Any], reference: str, metric: str = "ac
     label, ref = name.replace("_", " "), reference.replace("_", " ")
     if name == reference:
         return f"{label}: the reference"
+    if d["diff"] == 0 and d["ci"] == [0.0, 0.0]:  # every resample ties: the same rows right
+        return f"{label}: no difference, the same test rows right as the {ref}"
     if not d["significant"]:
         return f"{label}: no significant difference from the {ref} ({pts})"
     return f"{label}: {pts} {'over' if d['diff'] > 0 else 'under'} the {ref}"

@@ -46,7 +46,7 @@ def test_intervals_hold_the_point_estimate_and_identical_models_do_not_differ():
     assert lo < out["b"]["acc"]["value"] < hi
     d = out["b"]["acc_vs_a"]
     assert d["diff"] == 0 and d["ci"] == [0.0, 0.0] and not d["significant"]
-    assert "no significant difference" in verdict("b", out["b"], "a")
+    assert verdict("b", out["b"], "a") == "b: no difference, the same test rows right as the a"
 
 
 def test_a_clearly_better_model_is_significant_and_a_paired_interval_is_narrower():
