@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                         f"-crossover studies {d(P, 'study')}")
     g.add_argument("--backup-dir", help=f"where session folders go {d(P, 'backup_dir')}")
     g.add_argument("--storage",
-                   help="Optuna storage URL (sqlite:///..., postgresql://..., mysql://..., "
+                   help="Optuna storage URL (sqlite:///..., postgresql+psycopg://..., mysql+pymysql://..., "
                         "journal:///file.log) (default: sqlite:///<backup-dir>/<study>.db)")
     g.add_argument("--seed", type=int,
                    help=f"random seed for sampling, splits and training {d(T, 'seed')}")

@@ -74,7 +74,7 @@ def _open_sqlite(url: str, database: str | None, engine_kwargs: dict) -> RDBStor
 def create_storage(url: str) -> BaseStorage:
     """Open (creating if needed) the storage at ``url``.
 
-    ``sqlite:///path.db`` (WAL, 60 s lock timeout), ``postgresql://...``, ``mysql://...``
+    ``sqlite:///path.db`` (WAL, 60 s lock timeout), ``postgresql+psycopg://...``, ``mysql+pymysql://...``
     (any SQLAlchemy URL), or ``journal:///path/to/file.log`` (Optuna's journal file).
     Raises ValueError naming the (password-masked) URL when it cannot be opened.
     """

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,22 @@ def unbroken_smoke(tmp_path_factory):
     finish(backup, env={**os.environ, "REDHEART_CRASH_TRACE": str(trace)})
     return {"backup": backup, "outcome": outcome(backup),
             "trace": trace.read_text().split()}
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server's URL (``REDHEART_TEST_POSTGRES``; ``bash .ci/postgres``
+    starts one and prints it). Without one the test is skipped with a warning, except
+    under CI=true, where a missing server is a failure."""
+    url = os.environ.get("REDHEART_TEST_POSTGRES")
+    if not url:
+        message = ("no PostgreSQL server for this test: export REDHEART_TEST_POSTGRES=$(bash "
+                   ".ci/postgres) to start one")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        warnings.warn(message, stacklevel=1)
+        pytest.skip(message)
+    return url
 
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/_runs.py for the end-to-end tests

@@ -207,7 +207,7 @@ def test_an_unknown_key_in_the_config_file_is_a_clear_error(tmp_path):
     (["--model", "nowhere.mod:make"], "cannot import module 'nowhere.mod'"),
     (["--model", "examples.bag_of_bytes:missing"], "has no callable 'missing'"),
     (["--test-ratio", "0.95"], "val_ratio + test_ratio must be < 1"),
-    (["--storage", "postgresql://u:pw9@127.0.0.1:1/x"], "cannot be opened"),
+    (["--storage", "postgresql+psycopg://u:pw9@127.0.0.1:1/x"], "cannot be opened"),
     (["--lr-grid", "1e-3,abc"], "--lr-grid must be comma-separated numbers"),
     (["--device", "cuda"], "has no CUDA device"),
 ])

@@ -16,7 +16,7 @@ def test_default_url_is_a_sqlite_file_in_the_backup_dir():
 
 
 def test_passwords_never_appear_in_what_is_shown():
-    url = "postgresql://alice:s3cret@db.example:5432/optuna"
+    url = "postgresql+psycopg://alice:s3cret@db.example:5432/optuna"
     assert "s3cret" not in mask_url(url)
     assert "s3cret" not in dashboard_command(url)
     assert "--host 127.0.0.1" in dashboard_command(url)
@@ -39,7 +39,7 @@ def test_a_journal_file_storage_holds_studies(tmp_path):
 
 def test_a_storage_that_cannot_be_opened_is_a_clear_error_without_the_password():
     with pytest.raises(ValueError, match="cannot be opened") as err:
-        create_storage("postgresql://bob:hunter2@127.0.0.1:1/none")
+        create_storage("postgresql+psycopg://bob:hunter2@127.0.0.1:1/none")
     assert "hunter2" not in str(err.value)
     with pytest.raises(ValueError, match="cannot be opened"):
         create_storage("nonsense-url")
