@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overfit-criterion", choices=(*CRITERIA, "seed"),
                    help="which overfitting criterion bounds the sweet spots (all are reported; "
                         f"'seed' is the old name of 'gap-rise') {d(OverfitConfig, 'decide_by')}")
+    g.add_argument("--no-wait", action="store_true",
+                   help="leave as soon as this worker's share is done, instead of staying to "
+                        "take over the long run or phases 3-4 should their worker die")
     o = p.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.add_argument("--log-level", default="INFO", help="DEBUG also shows Optuna's per-trial lines")
@@ -227,6 +230,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         top["label_fields"] = tuple(f.strip() for f in args.label_fields.split(",") if f.strip())
     if args.device is not None:
         top["device"] = _device(args.device)
+    if args.no_wait:
+        top["wait"] = False
     return PipelineConfig(
         **top, train=train, sweep=SweepConfig(**sweep),
         long_run=LongRunConfig(**given(epochs="epochs", checkpoint_every="checkpoint_every")),

@@ -4,7 +4,9 @@ run_study.py workers sharing one storage (SQLite and the journal file)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -122,3 +124,28 @@ def test_two_workers_share_the_grid_and_one_of_them_runs_the_rest(tmp_path, back
     assert "this one is done" in other
     assert (backup / STUDY / "final_results.json").is_file()
     print(f"{backend}: grid points run by {len(ran_by)} worker(s)")
+
+
+@pytest.mark.slow
+def test_a_waiting_worker_takes_over_the_long_run_of_a_worker_that_dies(tmp_path, unbroken_smoke):
+    from _runs import outcome
+
+    backup = tmp_path / "b"
+    owner = subprocess.Popen(command(backup), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    for line in owner.stderr:
+        if "long run epoch 1/4" in line:
+            break
+    os.kill(owner.pid, signal.SIGSTOP)  # alive but still: the long run stays its own
+    idle = subprocess.Popen(command(backup), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in idle.stderr:
+        seen.append(line)
+        if "the long run runs in another live worker: waiting" in line:
+            break
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait(timeout=60)
+    err = "".join(seen) + idle.communicate(timeout=600)[1]
+    assert idle.returncode == 0, err[-3000:]
+    assert "was left running by a process that is gone" in err
+    assert "phase 4 done" in err
+    assert outcome(backup) == unbroken_smoke["outcome"]

@@ -39,6 +39,9 @@ class PipelineConfig:
     crossover_trials: int = 30
     stop_after: int = 4  # the last phase to run (0-4)
     stale_after_s: float = STALE_AFTER_S  # see tuner._workers
+    # A worker whose share is done stays until the pipeline is, to take over the work of a
+    # worker that dies; False: it leaves at once.
+    wait: bool = True
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:

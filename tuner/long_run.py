@@ -101,20 +101,31 @@ def progress_report(epoch: int, total_epochs: int, checkpoints: Sequence[int],
     }
 
 
-PHASE4_ATTR = "phase4_worker"  # long-run study user attr: who runs phases 3 and 4
+PHASE4_ATTR = "phase4_worker"  # long-run study user attrs: who runs phases 3 and 4,
+PHASE4_SINCE_ATTR = "phase4_since"  # since when (a remote owner counts as gone after
+PHASE4_DONE_ATTR = "phase4_done"  # stale_after_s), and whether they finished
+
+
+def _own_phase4(study: optuna.Study) -> None:
+    study.set_user_attr(PHASE4_SINCE_ATTR, time.time())
+    study.set_user_attr(PHASE4_ATTR, worker_id())
 
 
 def claim_phase4(study: optuna.Study, stale_after_s: float) -> str | None:
     """Take phases 3 and 4 unless another live worker has them; returns that worker's id,
     or None when this process now owns them."""
     owner = study.user_attrs.get(PHASE4_ATTR)
-    if owner and owner != worker_id() and not is_gone(owner, None, stale_after_s):
+    since = study.user_attrs.get(PHASE4_SINCE_ATTR)
+    if owner and owner != worker_id() and not is_gone(owner, since, stale_after_s):
         return owner
-    study.set_user_attr(PHASE4_ATTR, worker_id())
+    _own_phase4(study)
     return None
 
 
-def release_phase4(study: optuna.Study) -> None:
+def release_phase4(study: optuna.Study, done: bool = False) -> None:
+    """Give phases 3 and 4 up; ``done``: they finished (workers waiting for them leave)."""
+    if done:
+        study.set_user_attr(PHASE4_DONE_ATTR, True)
     study.set_user_attr(PHASE4_ATTR, None)
 
 
@@ -198,7 +209,7 @@ def run_long_run(study: optuna.Study, lr: float, cfg: LongRunConfig, train_cfg: 
                "final_val_loss": history[-1]["val_loss"], "final_val_acc": history[-1]["val_acc"],
                "training_complete": True}
     trial.set_user_attr("summary", summary)
-    study.set_user_attr(PHASE4_ATTR, worker_id())  # before tell: no window with no owner
+    _own_phase4(study)  # before tell: no window with no owner
     study.tell(trial, best["val_loss"])
     ctx.session.write_json("checkpoints/long_run_summary.json", summary)
     return summary
@@ -244,5 +255,5 @@ def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metr
                        progress_report(epoch, cfg.epochs, checkpoints, history))
 
 
-__all__ = ["PHASE4_ATTR", "LongRunConfig", "claim_phase4", "detailed_metrics", "progress_report",
-           "release_phase4", "run_long_run"]
+__all__ = ["PHASE4_ATTR", "PHASE4_DONE_ATTR", "LongRunConfig", "claim_phase4", "detailed_metrics",
+           "progress_report", "release_phase4", "run_long_run"]

@@ -44,7 +44,7 @@ from .context import RunContext
 from .crossover import QUEUED_ATTR, ResumableTPESampler, best_recipe, best_single_epoch, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
 from .final import build_candidates, build_test_table, write_final_model
-from .long_run import claim_phase4, release_phase4, run_long_run
+from .long_run import PHASE4_DONE_ATTR, claim_phase4, release_phase4, run_long_run
 from .lr_sweep import default_grid, history_of, open_sweep_study, run_lr_sweep, study_lrs, sweep_outcome
 from .prepare import load_data, log_truncation, prepare_data
 from .report import (
@@ -62,6 +62,8 @@ from .sweet_spot import OverfitConfig, find_sweet_spots
 from .uncertainty import BootstrapConfig
 
 logger = logging.getLogger(__name__)
+
+_WAIT_POLL_S = 2.0  # how often an idle worker looks at the storage
 
 
 def _build_fn(cfg: PipelineConfig, dataset: Dataset, max_length: int):
@@ -136,17 +138,34 @@ def run(cfg: PipelineConfig) -> dict:
     name_metrics(long_study, ["best_val_loss"])  # intermediate values: val loss per epoch
     check_study_settings(long_study, settings)
     summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, ctx)
-    if summary is None:
-        logger.info("the long run belongs to another live worker; this one is done")
+    if summary is None and not cfg.wait:
+        logger.info("the long run belongs to another live worker; this one is done (--no-wait)")
         return {}
+    if summary is None:
+        logger.info("the long run runs in another live worker: waiting, to take it over should "
+                    "that worker die (--no-wait leaves now)")
+    while summary is None:  # until it completes, or its worker is gone and this one continues it
+        time.sleep(_WAIT_POLL_S)
+        summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, ctx)
     logger.info("phase 2 done in %.0f s: best epoch %d (val loss %.4f)", time.perf_counter() - start,
                 summary["best_epoch"], summary["best_val_loss"])
     if cfg.stop_after == 2:
         logger.info("stopping after phase 2 (--stop-after 2)")
         return summary
-    owner = claim_phase4(long_study, ctx.stale_after_s)
-    if owner is not None:
-        logger.info("phases 3 and 4 are running in worker %s; this one is done", owner)
+    owner, waited_for = claim_phase4(long_study, ctx.stale_after_s), None
+    while owner is not None:
+        if not cfg.wait:
+            logger.info("phases 3 and 4 are running in worker %s; this one is done", owner)
+            return {}
+        if waited_for is None:
+            logger.info("phases 3 and 4 are running in worker %s: waiting, to take them over "
+                        "should that worker die", owner)
+        waited_for = owner
+        time.sleep(_WAIT_POLL_S)
+        owner = claim_phase4(long_study, ctx.stale_after_s)
+    if waited_for is not None and long_study.user_attrs.get(PHASE4_DONE_ATTR):
+        release_phase4(long_study)
+        logger.info("phases 3 and 4 were run by worker %s; this one is done", waited_for)
         return {}
 
     # -- phase 3: overfitting point and sweet spots (metrics only, no weights loaded)
@@ -168,7 +187,7 @@ def run(cfg: PipelineConfig) -> dict:
     references = reference_rows(dataset, splits, {"train": train, "val": val, "test": ctx.test})
     results = run_phase4(cfg, storage, ctx, spec, analysis, history, long_study, report,
                          references)
-    release_phase4(long_study)
+    release_phase4(long_study, done=True)
     recipe = results["crossover_recipe"]
     logger.info("phase 4 done in %.0f s: final model %s (val loss %.4f, test acc %s); report in %s",
                 time.perf_counter() - start, recipe["method"], recipe["val_loss"],

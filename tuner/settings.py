@@ -29,7 +29,7 @@ SETTINGS_FILE = "settings.json"
 SETTINGS_ATTR = "settings"
 
 # Settings a rerun may change: they decide how much runs and what is shown, not results.
-MAY_CHANGE = ("crossover_trials", "stop_after", "train.progress")
+MAY_CHANGE = ("crossover_trials", "stop_after", "train.progress", "wait")
 # Flags that name the study rather than shape it (another value is another study).
 _IDENTITY = ("study", "backup_dir", "storage")
 
@@ -121,7 +121,7 @@ def check_settings(session: Session, cfg: PipelineConfig) -> dict[str, Any]:
             "resumes it only with the same ones:\n" + "\n".join(diff) + "\n"
             "Rerun with the old settings to resume, or start a new study with --study "
             "<new name> (or another --backup-dir). Settings a rerun may change: "
-            "--crossover-trials, --stop-after, --no-progress, --log-level, --debug.")
+            "--crossover-trials, --stop-after, --no-wait, --no-progress, --log-level, --debug.")
     return old
 
 
