@@ -37,6 +37,16 @@ def _get(url: str) -> dict:
         return json.loads(r.read())
 
 
+def _wait_for_api(api: str) -> list[dict]:
+    """optuna-dashboard's study summaries, once its API answers."""
+    for _ in range(120):
+        try:
+            return _get(f"{api}/studies")["study_summaries"]
+        except OSError:
+            time.sleep(0.25)
+    raise AssertionError(f"optuna-dashboard did not answer on {api}")
+
+
 def _dashboard_executable() -> str:
     return shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
 
@@ -52,12 +62,7 @@ def test_optuna_dashboard_polls_sqlite_through_a_whole_smoke_run(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     api = f"http://127.0.0.1:{port}/api"
     try:
-        for _ in range(120):
-            try:
-                _get(f"{api}/studies")
-                break
-            except OSError:
-                time.sleep(0.25)
+        _wait_for_api(api)
         polls, errors, stop = Counter(), [], threading.Event()
 
         def poll() -> None:

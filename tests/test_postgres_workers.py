@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections import Counter
 
@@ -13,7 +12,7 @@ import optuna
 import pytest
 from _runs import ROOT, STUDY, command
 from optuna.trial import TrialState
-from test_concurrency import _dashboard_executable, _free_port, _get
+from test_concurrency import _dashboard_executable, _free_port, _get, _wait_for_api
 
 from storage.studies import create_storage
 from tuner.lr_sweep import PRESET_GRIDS
@@ -53,13 +52,7 @@ def test_three_workers_on_postgresql_run_each_point_once_and_equal_one_worker(
                              "--port", str(port)], stderr=subprocess.PIPE, text=True)
     try:
         api = f"http://127.0.0.1:{port}/api"
-        for _ in range(100):
-            try:
-                summaries = _get(f"{api}/studies")["study_summaries"]
-                break
-            except OSError:
-                time.sleep(0.2)
-        ids = {s["study_name"]: s["study_id"] for s in summaries}
+        ids = {s["study_name"]: s["study_id"] for s in _wait_for_api(api)}
         shown = _get(f"{api}/studies/{ids[f'{study}-lr-sweep']}?after=0")["trials"]
         states = Counter(t["state"] for t in shown)
         assert states["Fail"] == 0 and states["Complete"] + states["Pruned"] >= 5, states

@@ -13,6 +13,7 @@ HEARTBEAT_ATTR = "heartbeat"
 # A RUNNING trial whose worker shows no sign of life this long is taken over (sweep, long
 # run, crossover alike): on another host, no heartbeat; on this one, a dead pid at once.
 STALE_AFTER_S = 3600.0
+POLL_S = 2.0  # how often a worker waiting on another one looks at the storage
 
 
 def _start_time(pid: int) -> str | None:

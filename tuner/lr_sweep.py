@@ -22,7 +22,7 @@ from model.training import TrainConfig, build_engine, evaluate, run_epoch, steps
 from storage import crash_point, json_safe
 from storage.studies import name_metrics
 
-from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, trial_is_gone, worker_id
+from ._workers import HEARTBEAT_ATTR, POLL_S, WORKER_ATTR, trial_is_gone, worker_id
 from .context import RunContext
 from .pruning import INITIAL_ATTR, PruneRule, SweepPruner
 from .selection import final_evaluation
@@ -151,9 +151,6 @@ def grid_claims(trials: Sequence[optuna.trial.FrozenTrial], grid: Sequence[float
     return claims
 
 
-_POLL_S = 2.0
-
-
 def _free_points(study: optuna.Study, grid: Sequence[float], stale_after_s: float) -> list[float]:
     claims = grid_claims(study.get_trials(deepcopy=False), grid,
                          lambda t: trial_is_gone(t, stale_after_s))
@@ -188,7 +185,7 @@ def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
             logger.info("LR sweep: waiting for %d grid point(s) running in another worker: %s",
                         len(running), ", ".join(f"LR {trial_lr(t):g}" for t in running
                                                 if trial_lr(t) is not None))
-            time.sleep(_POLL_S)
+            time.sleep(POLL_S)
             continue
         trial = study.ask()
         trial.set_user_attr(WORKER_ATTR, worker_id())

@@ -38,6 +38,7 @@ from storage.studies import (
     name_metrics,
 )
 
+from ._workers import POLL_S
 from .baselines import linear_baseline, majority_class
 from .config import PipelineConfig
 from .context import RunContext
@@ -62,8 +63,6 @@ from .sweet_spot import OverfitConfig, find_sweet_spots
 from .uncertainty import BootstrapConfig
 
 logger = logging.getLogger(__name__)
-
-_WAIT_POLL_S = 2.0  # how often an idle worker looks at the storage
 
 
 def _build_fn(cfg: PipelineConfig, dataset: Dataset, max_length: int):
@@ -145,7 +144,7 @@ def run(cfg: PipelineConfig) -> dict:
         logger.info("the long run runs in another live worker: waiting, to take it over should "
                     "that worker die (--no-wait leaves now)")
     while summary is None:  # until it completes, or its worker is gone and this one continues it
-        time.sleep(_WAIT_POLL_S)
+        time.sleep(POLL_S)
         summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, ctx)
     logger.info("phase 2 done in %.0f s: best epoch %d (val loss %.4f)", time.perf_counter() - start,
                 summary["best_epoch"], summary["best_val_loss"])
@@ -161,7 +160,7 @@ def run(cfg: PipelineConfig) -> dict:
             logger.info("phases 3 and 4 are running in worker %s: waiting, to take them over "
                         "should that worker die", owner)
         waited_for = owner
-        time.sleep(_WAIT_POLL_S)
+        time.sleep(POLL_S)
         owner = claim_phase4(long_study, ctx.stale_after_s)
     if waited_for is not None and long_study.user_attrs.get(PHASE4_DONE_ATTR):
         release_phase4(long_study)
