@@ -138,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--no-wait", action="store_true",
                    help="leave as soon as this worker's share is done, instead of staying to "
                         "take over the long run or phases 3-4 should their worker die")
+    g.add_argument("--heartbeat-interval", type=int,
+                   help="seconds between a worker's signs of life (Optuna's heartbeat on "
+                        f"SQLite/PostgreSQL/MySQL) {d(P, 'heartbeat_interval')}")
+    g.add_argument("--grace-period", type=int,
+                   help="seconds without one after which another worker takes over a trial "
+                        "or phases 3-4 of a worker on another host (default: 3 x the interval; "
+                        "a worker on the same host is checked by pid, at once)")
     o = p.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.add_argument("--log-level", default="INFO", help="DEBUG also shows Optuna's per-trial lines")
@@ -225,7 +232,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                 model="model", max_length="max_length", val_ratio="val_ratio",
                 test_ratio="test_ratio", dedup_threshold="dedup_threshold",
                 conflict_policy="conflict_policy", selection_method="selection_method",
-                crossover_trials="crossover_trials", stop_after="stop_after")
+                crossover_trials="crossover_trials", stop_after="stop_after",
+                heartbeat_interval="heartbeat_interval", grace_period="grace_period")
     if args.label_fields is not None:
         top["label_fields"] = tuple(f.strip() for f in args.label_fields.split(",") if f.strip())
     if args.device is not None:
@@ -242,8 +250,19 @@ class _DropInterrupts(logging.Filter):
     """Optuna logs a trial that Ctrl-C stopped as failed, with a traceback; the run
     already says it was interrupted in one line."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._trial: str | None = None  # "Trial N" whose interrupt was dropped
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+        message = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self._trial = message.partition(" failed")[0]
+            return False
+        if self._trial and message.startswith(f"{self._trial} failed with value"):
+            self._trial = None  # Optuna's second line about the same trial
+            return False
+        return True
 
 
 def _setup_logging(level: str) -> None:
@@ -252,7 +271,10 @@ def _setup_logging(level: str) -> None:
     # Optuna's own line per trial repeats ours: shown only when debugging.
     debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     optuna.logging.set_verbosity(logging.DEBUG if debug else logging.WARNING)
-    optuna.logging.get_logger("optuna").addFilter(_DropInterrupts())
+    # Records of Optuna's modules reach the handlers of its root logger: filter there.
+    drop = _DropInterrupts()
+    for handler in logging.getLogger("optuna").handlers:
+        handler.addFilter(drop)
 
 
 def _print_summary(cfg: PipelineConfig) -> None:

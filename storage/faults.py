@@ -5,7 +5,9 @@ Off (one dict lookup) unless an environment variable asks for it:
 - ``REDHEART_CRASH_TRACE=<file>``: append every point reached, one ``label#n`` per line
   (``n``: the n-th time this process reached ``label``), so a test can pick points from
   an unbroken run;
-- ``REDHEART_CRASH_AT=<label#n>``: SIGKILL this process when it reaches that point.
+- ``REDHEART_CRASH_AT=<label#n>``: SIGKILL this process when it reaches that point;
+- ``REDHEART_STALL_AT=<label#n>=<seconds>``: sleep that long there (an epoch that takes
+  longer than other workers' patience), with every other thread running on.
 
 SIGKILL, not an exception: nothing is flushed, closed or cleaned up, as in a power cut
 or the OOM killer. Points sit where a crash hurts most: half-way through writing a file,
@@ -16,17 +18,19 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 TRACE_ENV = "REDHEART_CRASH_TRACE"
 CRASH_ENV = "REDHEART_CRASH_AT"
+STALL_ENV = "REDHEART_STALL_AT"
 
 _counts: Counter[str] = Counter()
 
 
 def crash_point(label: str) -> None:
-    trace, target = os.environ.get(TRACE_ENV), os.environ.get(CRASH_ENV)
-    if not trace and not target:
+    trace, target, stall = (os.environ.get(e) for e in (TRACE_ENV, CRASH_ENV, STALL_ENV))
+    if not trace and not target and not stall:
         return
     _counts[label] += 1
     key = f"{label}#{_counts[label]}"
@@ -35,6 +39,8 @@ def crash_point(label: str) -> None:
             fh.write(key + "\n")
     if key == target:
         os.kill(os.getpid(), signal.SIGKILL)
+    if stall and stall.rpartition("=")[0] == key:
+        time.sleep(float(stall.rpartition("=")[2]))
 
 
-__all__ = ["CRASH_ENV", "TRACE_ENV", "crash_point"]
+__all__ = ["CRASH_ENV", "STALL_ENV", "TRACE_ENV", "crash_point"]

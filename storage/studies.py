@@ -52,7 +52,16 @@ def _enable_wal(path: Path) -> None:
 _SQLITE_ATTEMPTS = 6
 
 
-def _open_sqlite(url: str, database: str | None, engine_kwargs: dict) -> RDBStorage:
+def _rdb(url: str, engine_kwargs: dict, heartbeat_interval: int | None,
+         grace_period: int | None) -> RDBStorage:
+    with warnings.catch_warnings():  # heartbeat_interval is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                          grace_period=grace_period)
+
+
+def _open_sqlite(url: str, database: str | None, engine_kwargs: dict,
+                 heartbeat_interval: int | None = None, grace_period: int | None = None) -> RDBStorage:
     """Two workers starting on a new SQLite file race to create its tables (one gets
     "table already exists", an IntegrityError on the version row or "database is locked"):
     the loser waits a moment and opens what the winner created."""
@@ -60,7 +69,7 @@ def _open_sqlite(url: str, database: str | None, engine_kwargs: dict) -> RDBStor
         try:
             if database and database != ":memory:":
                 _enable_wal(Path(database))
-            return RDBStorage(url, engine_kwargs=engine_kwargs)
+            return _rdb(url, engine_kwargs, heartbeat_interval, grace_period)
         except Exception as e:
             retry = "sqlalchemy" in type(e).__module__ or isinstance(e, sqlite3.OperationalError)
             if not retry or attempt == _SQLITE_ATTEMPTS - 1:
@@ -71,8 +80,14 @@ def _open_sqlite(url: str, database: str | None, engine_kwargs: dict) -> RDBStor
     raise AssertionError("unreachable")
 
 
-def create_storage(url: str) -> BaseStorage:
+def create_storage(url: str, heartbeat_interval: int | None = None,
+                   grace_period: int | None = None) -> BaseStorage:
     """Open (creating if needed) the storage at ``url``.
+
+    ``heartbeat_interval``/``grace_period`` (seconds) switch on Optuna's trial heartbeats
+    for RDB storages (the journal file has none): ``study.optimize`` records one every
+    interval, and a RUNNING trial without one for the grace period is failed by
+    ``optuna.storages.fail_stale_trials``.
 
     ``sqlite:///path.db`` (WAL, 60 s lock timeout), ``postgresql+psycopg://...``, ``mysql+pymysql://...``
     (any SQLAlchemy URL), or ``journal:///path/to/file.log`` (Optuna's journal file).
@@ -88,9 +103,9 @@ def create_storage(url: str) -> BaseStorage:
         engine_kwargs: dict = {}
         if parsed.get_backend_name() != "sqlite":
             engine_kwargs["pool_pre_ping"] = True
-            return RDBStorage(url, engine_kwargs=engine_kwargs)
+            return _rdb(url, engine_kwargs, heartbeat_interval, grace_period)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
-        return _open_sqlite(url, parsed.database, engine_kwargs)
+        return _open_sqlite(url, parsed.database, engine_kwargs, heartbeat_interval, grace_period)
     except (ArgumentError, ImportError, OSError, sqlite3.Error, optuna.exceptions.StorageInternalError) as e:
         raise ValueError(f"storage {shown} cannot be opened: {type(e).__name__}: "
                          f"{mask_url(str(e)) if '://' in str(e) else e}") from None

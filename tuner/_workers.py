@@ -1,19 +1,98 @@
-"""Who runs a trial, and whether that process is gone (for resuming after a kill)."""
+"""Who runs a trial, and whether that process is gone (for resuming after a kill).
+
+Three signs of life, from fastest to slowest:
+
+- on this host, the owner's pid and start time (psutil): a dead worker is noticed at once;
+- on an RDB storage (SQLite, PostgreSQL, MySQL), Optuna's own heartbeat: ``study.optimize``
+  runs a thread that records one every ``interval_s`` while the objective runs (however long
+  an epoch takes), and ``optuna.storages.fail_stale_trials`` fails a trial whose last one is
+  older than ``grace_period_s``, judged by the database's clock;
+- on storages without heartbeats (the journal file), a thread of ours stores the time in the
+  trial's ``heartbeat`` user attr every ``interval_s``; another host's trial is gone after
+  ``grace_period_s`` without one.
+
+Phases 3 and 4 are claimed by a study user attr, kept fresh by the same kind of thread.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
+import optuna
 import psutil
+from optuna.storages import RDBStorage
+
+logger = logging.getLogger(__name__)
 
 WORKER_ATTR = "worker"
 HEARTBEAT_ATTR = "heartbeat"
-# A RUNNING trial whose worker shows no sign of life this long is taken over (sweep, long
-# run, crossover alike): on another host, no heartbeat; on this one, a dead pid at once.
-STALE_AFTER_S = 3600.0
+HOST_ENV = "REDHEART_WORKER_HOST"
+HEARTBEAT_INTERVAL_S = 60
+GRACE_FACTOR = 3  # grace period = 3 x the interval unless given
 POLL_S = 2.0  # how often a worker waiting on another one looks at the storage
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """How often a worker shows it is alive, and how long another waits before taking over.
+
+    ``by_storage``: the storage records Optuna's heartbeats (an RDB storage opened with a
+    ``heartbeat_interval``), so other hosts' trials are judged by Optuna, not by us.
+    """
+
+    interval_s: int = HEARTBEAT_INTERVAL_S
+    grace_period_s: int | None = None  # None: GRACE_FACTOR x interval_s
+    by_storage: bool = False
+
+    def __post_init__(self) -> None:
+        if self.interval_s < 1:
+            raise ValueError(f"heartbeat interval must be >= 1 s, got {self.interval_s!r}")
+        if self.grace_period_s is not None and self.grace_period_s <= self.interval_s:
+            raise ValueError(f"grace period must be longer than the heartbeat interval "
+                             f"({self.interval_s} s), got {self.grace_period_s!r}")
+
+    @property
+    def grace_s(self) -> int:
+        return self.grace_period_s if self.grace_period_s is not None else GRACE_FACTOR * self.interval_s
+
+
+def storage_heartbeats(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether Optuna records heartbeats in ``storage`` (public RDBStorage API)."""
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+def fail_stale_by_storage(study: optuna.Study, hb: Heartbeat) -> list[int]:
+    """Optuna's stale-trial check where the storage records heartbeats (``hb.by_storage``);
+    returns the numbers of the trials it failed."""
+    if not hb.by_storage:
+        return []
+    running = {t.number for t in study.get_trials(deepcopy=False,
+                                                  states=(optuna.trial.TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    failed = [t.number for t in study.get_trials(deepcopy=False,
+                                                 states=(optuna.trial.TrialState.FAIL,))
+              if t.number in running]
+    for number in failed:
+        logger.warning("%s: trial %d sent no heartbeat for over the grace period (its worker "
+                       "is gone): Optuna marked it failed; its work is taken over",
+                       study.study_name, number)
+    return failed
+
+
+def _host() -> str:
+    # Containers that share a hostname but not a pid namespace must name themselves apart,
+    # or one would judge the other by a pid it cannot see.
+    return os.environ.get(HOST_ENV) or socket.gethostname()
 
 
 def _start_time(pid: int) -> str | None:
@@ -27,34 +106,34 @@ def _start_time(pid: int) -> str | None:
         return ""
 
 
-def trial_is_gone(t, stale_after_s: float) -> bool:
-    """``is_gone`` for a (frozen) RUNNING trial."""
-    started = t.datetime_start.timestamp() if t.datetime_start is not None else None
-    return is_gone(t.user_attrs.get(WORKER_ATTR), t.user_attrs.get(HEARTBEAT_ATTR), stale_after_s,
-                   started)
-
-
 def worker_id() -> str:
     """host:pid:start-time of this process."""
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+    return f"{_host()}:{pid}:{_start_time(pid)}"
 
 
-def is_gone(worker: str | None, heartbeat: float | None, stale_after_s: float,
-            started: float | None = None) -> bool:
-    """True when the worker that owns a RUNNING trial can no longer finish it.
+def trial_is_gone(t: optuna.trial.FrozenTrial, hb: Heartbeat) -> bool:
+    """``is_gone`` for a (frozen) RUNNING trial."""
+    started = t.datetime_start.timestamp() if t.datetime_start is not None else None
+    last = t.user_attrs.get(HEARTBEAT_ATTR, started)
+    return is_gone(t.user_attrs.get(WORKER_ATTR), last, hb.grace_s, by_storage=hb.by_storage)
 
-    On this host: its process is dead (or the pid was reused). On another host: its
-    last heartbeat is older than ``stale_after_s``. A trial that has no worker yet (just
-    taken by a live process) is gone only when it started ``stale_after_s`` ago.
+
+def is_gone(worker: str | None, last_sign: float | None, grace_s: float,
+            by_storage: bool = False) -> bool:
+    """True when the worker that owns a RUNNING trial (or a claim) can no longer finish it.
+
+    On this host: its process is dead (or the pid was reused). On another host: when the
+    storage records heartbeats (``by_storage``), never by us (Optuna fails the trial);
+    otherwise when its last sign of life (``last_sign``, epoch seconds) is older than
+    ``grace_s``. A trial with no worker yet counts as on another host.
     """
-    if not worker:
-        last = heartbeat if heartbeat is not None else started
-        return last is None or time.time() - last > stale_after_s
-    host, _, rest = worker.partition(":")
+    host, _, rest = (worker or "").partition(":")
+    if not worker or host != _host():
+        if by_storage:
+            return False
+        return last_sign is None or time.time() - last_sign > grace_s
     pid_text, _, started = rest.partition(":")
-    if host != socket.gethostname():
-        return heartbeat is not None and time.time() - heartbeat > stale_after_s
     try:
         pid = int(pid_text)
     except ValueError:
@@ -66,3 +145,42 @@ def is_gone(worker: str | None, heartbeat: float | None, stale_after_s: float,
         return True
     # Without both start times (the OS would not say) a live pid counts as the worker.
     return current != "" and started not in ("", "None") and current != started
+
+
+@contextmanager
+def beating(beat: Callable[[], None], interval_s: float, what: str) -> Iterator[None]:
+    """Call ``beat`` now and every ``interval_s`` in a daemon thread until the block ends.
+
+    A beat that fails (the storage briefly unreachable) is logged and retried next time;
+    the block itself is never interrupted.
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                beat()
+            except Exception as e:  # a heartbeat must not kill the run
+                logger.warning("heartbeat of %s failed: %s: %s", what, type(e).__name__, e)
+
+    beat()
+    thread = threading.Thread(target=loop, name=f"heartbeat {what}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextmanager
+def trial_heartbeat(trial: optuna.Trial, hb: Heartbeat) -> Iterator[None]:
+    """Keep ``trial`` alive in the eyes of other hosts: nothing to do where Optuna's
+    heartbeat thread runs (``study.optimize`` on an RDB storage with heartbeats), our
+    ``heartbeat`` user attr elsewhere."""
+    if hb.by_storage:
+        yield
+        return
+    with beating(lambda: trial.set_user_attr(HEARTBEAT_ATTR, time.time()), hb.interval_s,
+                 f"trial {trial.number}"):
+        yield

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from model.training import TrainConfig
 
-from ._workers import STALE_AFTER_S
+from ._workers import HEARTBEAT_INTERVAL_S
 from .long_run import LongRunConfig
 from .lr_sweep import SweepConfig
 from .selection import SelectionWeights
@@ -38,7 +38,9 @@ class PipelineConfig:
     overfit: OverfitConfig = field(default_factory=OverfitConfig)
     crossover_trials: int = 30
     stop_after: int = 4  # the last phase to run (0-4)
-    stale_after_s: float = STALE_AFTER_S  # see tuner._workers
+    # Signs of life between workers (see tuner._workers): Optuna's heartbeat on RDB storages.
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S
+    grace_period: int | None = None  # None: 3 x heartbeat_interval
     # A worker whose share is done stays until the pipeline is, to take over the work of a
     # worker that dies; False: it leaves at once.
     wait: bool = True
@@ -54,8 +56,11 @@ class PipelineConfig:
             raise ValueError(f"test_ratio must be in [0, 1), got {self.test_ratio!r}")
         if self.stop_after not in range(5):
             raise ValueError(f"stop_after must be a phase 0-4, got {self.stop_after!r}")
-        if self.stale_after_s <= 0:
-            raise ValueError(f"stale_after_s must be > 0, got {self.stale_after_s!r}")
+        if self.heartbeat_interval < 1:
+            raise ValueError(f"heartbeat_interval must be >= 1 s, got {self.heartbeat_interval!r}")
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"grace_period must be longer than heartbeat_interval "
+                             f"({self.heartbeat_interval} s), got {self.grace_period!r}")
         if self.crossover_trials < 0:
             raise ValueError(f"crossover_trials must be >= 0, got {self.crossover_trials!r}")
         if not 0 < self.dedup_threshold <= 1:

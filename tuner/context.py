@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -13,7 +13,7 @@ from model.tasks import TaskSpec
 from model.training import EncodedData
 from storage import Session
 
-from ._workers import STALE_AFTER_S
+from ._workers import Heartbeat
 
 
 @dataclass(frozen=True)
@@ -28,15 +28,13 @@ class RunContext:
     session: Session
     device: str = "cpu"
     test: EncodedData | None = None  # read in phase 4 only
-    stale_after_s: float = STALE_AFTER_S
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
     progress: bool = True
     settings: dict[str, Any] | None = None  # what the studies must have been run with
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ValueError("a run needs at least one task, got none")
-        if self.stale_after_s <= 0:
-            raise ValueError(f"stale_after_s must be > 0, got {self.stale_after_s!r}")
 
 
 __all__ = ["RunContext"]

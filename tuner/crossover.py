@@ -25,7 +25,7 @@ from model.training import EncodedData, evaluate
 from storage import crash_point, json_safe
 from storage.checkpoints import checkpoint_dir, load_tensors, verify_file
 
-from ._workers import WORKER_ATTR, worker_id
+from ._workers import WORKER_ATTR, trial_heartbeat, worker_id
 from .context import RunContext
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def run_crossover_study(
     """
     from .lr_sweep import fail_stale_trials  # shared stale-trial handling
 
-    fail_stale_trials(study, ctx.stale_after_s)
+    fail_stale_trials(study, ctx.heartbeat)
     root = ctx.session.path("checkpoints")
     choices = [int(c) for c in checkpoints]
     queue = [{g: int(e) for g, e in recipe.items()} for recipe in first_recipes]
@@ -170,8 +170,9 @@ def run_crossover_study(
         if bad:
             trial.set_user_attr("skipped", f"uses damaged checkpoint epochs {bad}")
             raise optuna.TrialPruned(f"uses damaged checkpoint epochs {bad}")
-        metrics = evaluate_state(model, assemble_state(root, recipe, spec), ctx.val, ctx.tasks,
-                                 ctx.device)
+        with trial_heartbeat(trial, ctx.heartbeat):
+            metrics = evaluate_state(model, assemble_state(root, recipe, spec), ctx.val,
+                                     ctx.tasks, ctx.device)
         crash_point(f"crossover:trial:{_n_complete(study)}")  # evaluated, not yet told
         trial.set_user_attr("val_acc", metrics["acc"])
         trial.set_user_attr("val_task_metrics", json_safe(metrics["task_metrics"]))

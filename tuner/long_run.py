@@ -34,7 +34,15 @@ from model.training import (
 from storage import Session, crash_point, json_safe
 from storage.checkpoints import CheckpointError, read_resume, save_checkpoint, save_resume
 
-from ._workers import HEARTBEAT_ATTR, WORKER_ATTR, is_gone, trial_is_gone, worker_id
+from ._workers import (
+    WORKER_ATTR,
+    Heartbeat,
+    beating,
+    is_gone,
+    trial_heartbeat,
+    trial_is_gone,
+    worker_id,
+)
 from .context import RunContext
 from .lr_sweep import epoch_attr
 
@@ -102,8 +110,8 @@ def progress_report(epoch: int, total_epochs: int, checkpoints: Sequence[int],
 
 
 PHASE4_ATTR = "phase4_worker"  # long-run study user attrs: who runs phases 3 and 4,
-PHASE4_SINCE_ATTR = "phase4_since"  # since when (a remote owner counts as gone after
-PHASE4_DONE_ATTR = "phase4_done"  # stale_after_s), and whether they finished
+PHASE4_SINCE_ATTR = "phase4_since"  # its last sign of life (``phase4_heartbeat``),
+PHASE4_DONE_ATTR = "phase4_done"  # and whether they finished
 
 
 def _own_phase4(study: optuna.Study) -> None:
@@ -111,15 +119,22 @@ def _own_phase4(study: optuna.Study) -> None:
     study.set_user_attr(PHASE4_ATTR, worker_id())
 
 
-def claim_phase4(study: optuna.Study, stale_after_s: float) -> str | None:
+def claim_phase4(study: optuna.Study, hb: Heartbeat) -> str | None:
     """Take phases 3 and 4 unless another live worker has them; returns that worker's id,
-    or None when this process now owns them."""
+    or None when this process now owns them. Another host's claim lapses after the grace
+    period without a beat of ``phase4_heartbeat`` (Optuna has no heartbeat for a study)."""
     owner = study.user_attrs.get(PHASE4_ATTR)
     since = study.user_attrs.get(PHASE4_SINCE_ATTR)
-    if owner and owner != worker_id() and not is_gone(owner, since, stale_after_s):
+    if owner and owner != worker_id() and not is_gone(owner, since, hb.grace_s):
         return owner
     _own_phase4(study)
     return None
+
+
+def phase4_heartbeat(study: optuna.Study, hb: Heartbeat):
+    """While phases 3 and 4 run: renew the claim every heartbeat interval."""
+    return beating(lambda: study.set_user_attr(PHASE4_SINCE_ATTR, time.time()), hb.interval_s,
+                   "phases 3-4")
 
 
 def release_phase4(study: optuna.Study, done: bool = False) -> None:
@@ -129,50 +144,62 @@ def release_phase4(study: optuna.Study, done: bool = False) -> None:
     study.set_user_attr(PHASE4_ATTR, None)
 
 
-def _claim_trial(study: optuna.Study, lr: float, stale_after_s: float) -> optuna.Trial | None:
-    """A new trial for the long run, or None when it is complete or another live worker
-    runs it. A trial left RUNNING by a process that is gone is marked failed first; the
-    new one continues its run from the resume state (``_resume`` reports its epochs again)."""
-    continues = None
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.COMPLETE:
-            return None
+def _other_owner(study: optuna.Study, hb: Heartbeat) -> bool:
+    """Whether the long run is complete or runs in another live worker. A trial left
+    RUNNING by a process that is gone is marked failed; the next trial continues its run
+    from the resume state (``_resume`` reports its epochs again)."""
+    from .lr_sweep import fail_stale_trials  # shared stale-trial handling
+
+    fail_stale_trials(study, hb)
+    live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    for t in live:
         if t.state == TrialState.RUNNING:
-            if not trial_is_gone(t, stale_after_s):
-                logger.info("long run: trial %d is running in another live process", t.number)
-                return None
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            logger.warning("long run: trial %d was left running by a process that is gone: "
-                           "marked failed; a new trial continues its run", t.number)
-            continues = t.number
+            logger.debug("long run: trial %d is running in another live process", t.number)
+    return bool(live)
+
+
+def _claim_trial(study: optuna.Study, trial: optuna.Trial, lr: float, hb: Heartbeat) -> bool:
+    """Make ``trial`` (new, RUNNING) the long run's; False when an earlier one of another
+    worker is (two workers may ask at the same moment: the lower trial number wins)."""
     # The LR is a user attr, not a param: one fixed value is no search space, and the
     # dashboard's parameter-importance panel would draw nonsense for it.
-    trial = study.ask()
     trial.set_user_attr("lr", lr)
     trial.set_user_attr(WORKER_ATTR, worker_id())
-    if continues is not None:
-        trial.set_user_attr("continues_trial", continues)
-    # Two workers may ask at the same moment: the lower trial number (creation order) wins;
-    # the other trial never trained and ends pruned, not failed.
+    failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    if failed:
+        trial.set_user_attr("continues_trial", failed[-1])
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
         if t.number < trial.number and (t.state == TrialState.COMPLETE
-                                        or not trial_is_gone(t, stale_after_s)):
+                                        or not trial_is_gone(t, hb)):
             trial.set_user_attr("unused", f"trial {t.number} of another worker came first")
-            study.tell(trial, state=TrialState.PRUNED)
             logger.info("long run: trial %d of another worker came first; this one is done",
                         t.number)
-            return None
-    return trial
+            return False
+    return True
 
 
 def run_long_run(study: optuna.Study, lr: float, cfg: LongRunConfig, train_cfg: TrainConfig,
                  ctx: RunContext) -> dict[str, Any] | None:
     """Train (or finish training) the long run. Returns its summary, or None when another
     live worker owns it."""
-    trial = _claim_trial(study, lr, ctx.stale_after_s)
-    if trial is None:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return done[0].user_attrs.get("summary") if done else None
+    hb = ctx.heartbeat
+    if not _other_owner(study, hb):
+        def objective(trial: optuna.Trial) -> float:
+            if not _claim_trial(study, trial, lr, hb):
+                raise optuna.TrialPruned("another worker's trial came first")
+            with trial_heartbeat(trial, hb):
+                return _train(study, trial, lr, cfg, train_cfg, ctx)
+
+        # Optuna's heartbeat thread runs for the whole run on RDB storages; an error or
+        # Ctrl-C fails the trial and is raised here (the next run continues it).
+        study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False,
+                       show_progress_bar=False)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return done[0].user_attrs.get("summary") if done else None
+
+
+def _train(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongRunConfig,
+           train_cfg: TrainConfig, ctx: RunContext) -> float:
     run_cfg = replace(train_cfg, lr=lr, epochs=cfg.epochs)
     torch.manual_seed(run_cfg.seed)
     model, spec = ctx.build()
@@ -196,7 +223,6 @@ def run_long_run(study: optuna.Study, lr: float, cfg: LongRunConfig, train_cfg: 
         save_resume(root / "resume", epoch, tensors, {"engine": plain, "lr": lr, "history": history})
         trial.report(metrics["val_loss"], epoch)
         trial.set_user_attr(epoch_attr(epoch), metrics)
-        trial.set_user_attr(HEARTBEAT_ATTR, time.time())
         bar.set_postfix(val_loss=f"{metrics['val_loss']:.4f}", val_acc=f"{metrics['val_acc']:.3f}")
         logger.info("long run epoch %d/%d: train_loss %.4f val_loss %.4f val_acc %.4f (%.1f s)",
                     epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"],
@@ -209,10 +235,9 @@ def run_long_run(study: optuna.Study, lr: float, cfg: LongRunConfig, train_cfg: 
                "final_val_loss": history[-1]["val_loss"], "final_val_acc": history[-1]["val_acc"],
                "training_complete": True}
     trial.set_user_attr("summary", summary)
-    _own_phase4(study)  # before tell: no window with no owner
-    study.tell(trial, best["val_loss"])
+    _own_phase4(study)  # before the trial completes: no window with no owner
     ctx.session.write_json("checkpoints/long_run_summary.json", summary)
-    return summary
+    return best["val_loss"]
 
 
 def _resume(engine: Any, folder: Path, lr: float, trial: optuna.Trial) -> tuple[list[dict], int]:
@@ -256,4 +281,4 @@ def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metr
 
 
 __all__ = ["PHASE4_ATTR", "PHASE4_DONE_ATTR", "LongRunConfig", "claim_phase4", "detailed_metrics",
-           "progress_report", "release_phase4", "run_long_run"]
+           "phase4_heartbeat", "progress_report", "release_phase4", "run_long_run"]

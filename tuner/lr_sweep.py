@@ -22,7 +22,15 @@ from model.training import TrainConfig, build_engine, evaluate, run_epoch, steps
 from storage import crash_point, json_safe
 from storage.studies import name_metrics
 
-from ._workers import HEARTBEAT_ATTR, POLL_S, WORKER_ATTR, trial_is_gone, worker_id
+from ._workers import (
+    POLL_S,
+    WORKER_ATTR,
+    Heartbeat,
+    fail_stale_by_storage,
+    trial_heartbeat,
+    trial_is_gone,
+    worker_id,
+)
 from .context import RunContext
 from .pruning import INITIAL_ATTR, PruneRule, SweepPruner
 from .selection import final_evaluation
@@ -82,15 +90,16 @@ def history_of(trial: optuna.trial.FrozenTrial) -> list[dict]:
     return [trial.user_attrs[k] for k in keys]
 
 
-def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> list[optuna.trial.FrozenTrial]:
-    """Mark RUNNING trials whose worker is gone as FAIL (``Study.tell`` by trial number);
-    returns them."""
+def fail_stale_trials(study: optuna.Study, hb: Heartbeat) -> list[optuna.trial.FrozenTrial]:
+    """Mark RUNNING trials whose worker is gone as FAIL: Optuna's heartbeat check where the
+    storage records heartbeats, then ours (``Study.tell`` by trial number); returns ours."""
+    fail_stale_by_storage(study, hb)
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial_is_gone(t, stale_after_s):
+        if trial_is_gone(t, hb):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             logger.warning("%s: trial %d (params %s) was left running by a process that is gone: "
-                           "marked failed, its point is retried", study.study_name, t.number, t.params)
+                           "marked failed; its work is taken over", study.study_name, t.number, t.params)
             stale.append(t)
     return stale
 
@@ -151,9 +160,8 @@ def grid_claims(trials: Sequence[optuna.trial.FrozenTrial], grid: Sequence[float
     return claims
 
 
-def _free_points(study: optuna.Study, grid: Sequence[float], stale_after_s: float) -> list[float]:
-    claims = grid_claims(study.get_trials(deepcopy=False), grid,
-                         lambda t: trial_is_gone(t, stale_after_s))
+def _free_points(study: optuna.Study, grid: Sequence[float], hb: Heartbeat) -> list[float]:
+    claims = grid_claims(study.get_trials(deepcopy=False), grid, lambda t: trial_is_gone(t, hb))
     taken = set(claims.values())
     return [lr for lr in claim_order(grid) if lr not in taken]
 
@@ -162,43 +170,43 @@ def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
                  ctx: RunContext) -> None:
     """Run every grid point that no trial has finished or runs in a live worker.
 
-    Each point is claimed before it starts (``grid_claims``): a trial is asked for, the
-    claims are worked out from the trial numbers, and the trial takes its LR as a
-    fixed parameter. Workers sharing the storage split the grid without running a point
-    twice.
+    Each point is claimed before it starts (``grid_claims``): a trial is created by
+    ``study.optimize`` (which runs Optuna's heartbeat thread on RDB storages), the claims
+    are worked out from the trial numbers, and the trial takes its LR as a fixed
+    parameter. Workers sharing the storage split the grid without running a point twice.
     """
-    stale_after_s = ctx.stale_after_s
-    fail_stale_trials(study, stale_after_s)
+    hb = ctx.heartbeat
+    fail_stale_trials(study, hb)
     grid = cfg.lr_grid
-    free = _free_points(study, grid, stale_after_s)
+    free = _free_points(study, grid, hb)
     logger.info("LR sweep %s: %d of %d grid points done or running, %d to run",
                 study.study_name, len(grid) - len(free), len(grid), len(free))
     bar = tqdm(total=len(grid), initial=len(grid) - len(free), desc="LR sweep", unit="trial",
                disable=not train_cfg.progress)
+    waiting_for: set[int] = set()
     while True:
-        if not _free_points(study, grid, stale_after_s):
+        fail_stale_trials(study, hb)
+        if not _free_points(study, grid, hb):
             running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                       if not trial_is_gone(t, stale_after_s)]
+                       if not trial_is_gone(t, hb)]
             if not running:
                 break
             # Another worker is running grid points: selection needs them all.
-            logger.info("LR sweep: waiting for %d grid point(s) running in another worker: %s",
-                        len(running), ", ".join(f"LR {trial_lr(t):g}" for t in running
-                                                if trial_lr(t) is not None))
+            if {t.number for t in running} != waiting_for:
+                waiting_for = {t.number for t in running}
+                logger.info("LR sweep: waiting for %d grid point(s) running in another worker: %s",
+                            len(running), ", ".join(f"LR {trial_lr(t):g}" for t in running
+                                                    if trial_lr(t) is not None))
             time.sleep(POLL_S)
             continue
-        trial = study.ask()
-        trial.set_user_attr(WORKER_ATTR, worker_id())
-        claims = grid_claims(study.get_trials(deepcopy=False), grid,
-                             lambda t: trial_is_gone(t, stale_after_s))
-        lr = claims.get(trial.number)
-        if lr is None:
-            # Another worker claimed the last free point between our look and our ask.
-            trial.set_user_attr("unused", "every grid point was claimed by an earlier trial")
-            study.tell(trial, state=TrialState.PRUNED)
+        ran: dict[str, int | float] = {}
+        # An error or Ctrl-C fails the trial (its point is free again) and is raised here.
+        study.optimize(_point_objective(study, cfg, train_cfg, ctx, ran), n_trials=1, catch=(),
+                       gc_after_trial=False, show_progress_bar=False)
+        if "lr" not in ran:
             continue
-        trial.suggest_float("lr", lr, lr)
-        frozen = _run_point(study, trial, lr, cfg, train_cfg, ctx)
+        lr = ran["lr"]
+        frozen = study.trials[int(ran["number"])]
         if frozen.state == TrialState.PRUNED:
             logger.info("LR %g pruned: %s", lr, frozen.user_attrs.get("pruned_reason"))
         else:
@@ -213,18 +221,24 @@ def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
     bar.close()
 
 
-def _run_point(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: SweepConfig,
-               train_cfg: TrainConfig, ctx: RunContext) -> optuna.trial.FrozenTrial:
-    """Train one claimed grid point and tell the study how it ended."""
-    try:
-        value = _train_trial(trial, lr, cfg, train_cfg, ctx)
-    except optuna.TrialPruned:
-        return study.tell(trial, state=TrialState.PRUNED)
-    except BaseException:
-        # An error or Ctrl-C fails the trial; the point is free again for the next run.
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    return study.tell(trial, value)
+def _point_objective(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
+                     ctx: RunContext, ran: dict[str, int | float]) -> Callable[[optuna.Trial], float]:
+    """The objective of one sweep trial: claim a grid point, train it; ``ran`` gets the
+    trial number and LR when a point was claimed."""
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        claims = grid_claims(study.get_trials(deepcopy=False), cfg.lr_grid,
+                             lambda t: trial_is_gone(t, ctx.heartbeat))
+        lr = claims.get(trial.number)
+        if lr is None:
+            # Another worker claimed the last free point between our look and our ask.
+            trial.set_user_attr("unused", "every grid point was claimed by an earlier trial")
+            raise optuna.TrialPruned("every grid point was claimed by an earlier trial")
+        trial.suggest_float("lr", lr, lr)
+        ran.update(number=trial.number, lr=lr)
+        with trial_heartbeat(trial, ctx.heartbeat):
+            return _train_trial(trial, lr, cfg, train_cfg, ctx)
+    return objective
 
 
 def _train_trial(trial: optuna.Trial, lr: float, cfg: SweepConfig, train_cfg: TrainConfig,
@@ -246,7 +260,6 @@ def _train_trial(trial: optuna.Trial, lr: float, cfg: SweepConfig, train_cfg: Tr
         history.append(json_safe(metrics))
         trial.set_user_attr(epoch_attr(epoch), history[-1])
         trial.report(metrics["val_loss"], epoch)
-        trial.set_user_attr(HEARTBEAT_ATTR, time.time())
         logger.info("LR %g epoch %d/%d: train_loss %.4f val_loss %.4f val_acc %.4f", lr, epoch,
                     cfg.epochs, metrics["train_loss"], metrics["val_loss"], metrics["val_acc"])
         if trial.should_prune():

@@ -38,14 +38,20 @@ from storage.studies import (
     name_metrics,
 )
 
-from ._workers import POLL_S
+from ._workers import POLL_S, Heartbeat, storage_heartbeats
 from .baselines import linear_baseline, majority_class
 from .config import PipelineConfig
 from .context import RunContext
 from .crossover import QUEUED_ATTR, ResumableTPESampler, best_recipe, best_single_epoch, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
 from .final import build_candidates, build_test_table, write_final_model
-from .long_run import PHASE4_DONE_ATTR, claim_phase4, release_phase4, run_long_run
+from .long_run import (
+    PHASE4_DONE_ATTR,
+    claim_phase4,
+    phase4_heartbeat,
+    release_phase4,
+    run_long_run,
+)
 from .lr_sweep import default_grid, history_of, open_sweep_study, run_lr_sweep, study_lrs, sweep_outcome
 from .prepare import load_data, log_truncation, prepare_data
 from .report import (
@@ -97,7 +103,10 @@ def run(cfg: PipelineConfig) -> dict:
     session = Session.create(cfg.backup_dir, cfg.study)
     settings = check_settings(session, cfg)  # refuses a rerun with other settings
     url = storage_url(cfg)
-    storage = create_storage(url)
+    storage = create_storage(url, heartbeat_interval=cfg.heartbeat_interval,
+                             grace_period=cfg.grace_period)
+    heartbeat = Heartbeat(cfg.heartbeat_interval, cfg.grace_period,
+                          by_storage=storage_heartbeats(storage))
     logger.info("session folder: %s; storage: %s", session.root, mask_url(url))
     logger.info("watch it live: %s", dashboard_command(url, session.path(ARTIFACT_DIR)))
 
@@ -117,7 +126,7 @@ def run(cfg: PipelineConfig) -> dict:
         logger.info("stopping after phase 0 (--stop-after 0)")
         return {}
     ctx = RunContext(tasks=tuple(dataset.tasks), build=build_fn, train=train, val=val,
-                     session=session, device=cfg.device, stale_after_s=cfg.stale_after_s,
+                     session=session, device=cfg.device, heartbeat=heartbeat,
                      progress=cfg.train.progress, settings=settings)
 
     # -- phase 1: LR sweep, then selection
@@ -151,7 +160,7 @@ def run(cfg: PipelineConfig) -> dict:
     if cfg.stop_after == 2:
         logger.info("stopping after phase 2 (--stop-after 2)")
         return summary
-    owner, waited_for = claim_phase4(long_study, ctx.stale_after_s), None
+    owner, waited_for = claim_phase4(long_study, ctx.heartbeat), None
     while owner is not None:
         if not cfg.wait:
             logger.info("phases 3 and 4 are running in worker %s; this one is done", owner)
@@ -161,12 +170,23 @@ def run(cfg: PipelineConfig) -> dict:
                         "should that worker die", owner)
         waited_for = owner
         time.sleep(POLL_S)
-        owner = claim_phase4(long_study, ctx.stale_after_s)
+        owner = claim_phase4(long_study, ctx.heartbeat)
     if waited_for is not None and long_study.user_attrs.get(PHASE4_DONE_ATTR):
         release_phase4(long_study)
         logger.info("phases 3 and 4 were run by worker %s; this one is done", waited_for)
         return {}
 
+    with phase4_heartbeat(long_study, ctx.heartbeat):  # other workers see this one alive
+        return phases_3_4(cfg, storage, ctx, long_study, report, summary, build_fn, dataset,
+                          splits, tokenizer)
+
+
+def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: RunContext,
+               long_study: optuna.Study, report: dict, summary: dict, build_fn, dataset: Dataset,
+               splits: dict[str, list[dict]], tokenizer: ByteTokenizer) -> dict:
+    """Phase 3 (sweet spots) and phase 4 (crossover, test table, final model), by the
+    worker that owns them."""
+    session, train, val = ctx.session, ctx.train, ctx.val
     # -- phase 3: overfitting point and sweet spots (metrics only, no weights loaded)
     crash_point("phase:3")
     _, spec = build_fn()

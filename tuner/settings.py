@@ -29,7 +29,10 @@ SETTINGS_FILE = "settings.json"
 SETTINGS_ATTR = "settings"
 
 # Settings a rerun may change: they decide how much runs and what is shown, not results.
-MAY_CHANGE = ("crossover_trials", "stop_after", "train.progress", "wait")
+MAY_CHANGE = ("crossover_trials", "stop_after", "train.progress", "wait", "heartbeat_interval",
+              "grace_period")
+# Settings recorded by earlier versions that no longer exist: not a difference.
+_RETIRED = ("stale_after_s",)
 # Flags that name the study rather than shape it (another value is another study).
 _IDENTITY = ("study", "backup_dir", "storage")
 
@@ -81,7 +84,7 @@ def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
 def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """One line per setting that differs: ``name: old -> new``."""
     lines = []
-    for key in sorted(old.keys() | new.keys()):
+    for key in sorted((old.keys() | new.keys()) - set(_RETIRED)):
         if old.get(key, "<unset>") != new.get(key, "<unset>"):
             lines.append(f"  {key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
     return lines
@@ -121,7 +124,8 @@ def check_settings(session: Session, cfg: PipelineConfig) -> dict[str, Any]:
             "resumes it only with the same ones:\n" + "\n".join(diff) + "\n"
             "Rerun with the old settings to resume, or start a new study with --study "
             "<new name> (or another --backup-dir). Settings a rerun may change: "
-            "--crossover-trials, --stop-after, --no-wait, --no-progress, --log-level, --debug.")
+            "--crossover-trials, --stop-after, --no-wait, --heartbeat-interval, --grace-period, "
+            "--no-progress, --log-level, --debug.")
     return old
 
 

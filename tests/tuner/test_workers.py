@@ -1,15 +1,28 @@
-"""Same-host liveness of a worker, from psutil's process start time (any OS)."""
+"""Liveness of a worker: on this host from psutil's process start time (any OS), on
+another from heartbeats (ours, or Optuna's on an RDB storage)."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
+import time
 
+import optuna
 import psutil
+import pytest
+from optuna.trial import TrialState
 
+from storage.studies import create_storage
 from tuner import _workers
-from tuner._workers import is_gone, worker_id
+from tuner._workers import (
+    Heartbeat,
+    beating,
+    fail_stale_by_storage,
+    is_gone,
+    storage_heartbeats,
+    worker_id,
+)
 
 
 def _sleeper() -> subprocess.Popen:
@@ -65,3 +78,56 @@ def test_when_the_os_hides_start_times_a_live_pid_still_counts_as_alive(monkeypa
         proc.kill()
         proc.wait()
     assert is_gone(worker, None, 3600.0)
+
+
+def test_another_hosts_worker_is_judged_by_its_last_sign_of_life_or_by_optuna(monkeypatch):
+    remote = "elsewhere:123:45.00"
+    assert not is_gone(remote, time.time() - 5, 10)
+    assert is_gone(remote, time.time() - 11, 10)
+    assert is_gone(None, None, 10)  # no worker, no sign of life: nothing will finish it
+    # Where the storage records Optuna's heartbeats, Optuna fails the trial, not us.
+    assert not is_gone(remote, time.time() - 11, 10, by_storage=True)
+    monkeypatch.setenv(_workers.HOST_ENV, "elsewhere")  # now that host is this one: pid check
+    assert is_gone(remote, time.time(), 10, by_storage=True)
+
+
+def test_a_heartbeat_needs_a_grace_period_longer_than_its_interval():
+    assert Heartbeat(5).grace_s == 15
+    assert Heartbeat(5, 6).grace_s == 6
+    with pytest.raises(ValueError, match="got 0"):
+        Heartbeat(0)
+    with pytest.raises(ValueError, match="got 5"):
+        Heartbeat(5, 5)
+
+
+def test_beating_calls_now_and_every_interval_until_the_block_ends_and_survives_errors():
+    calls = []
+
+    def beat():
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            raise OSError("storage briefly unreachable")
+
+    with beating(beat, 0.05, "test"):
+        time.sleep(0.32)
+    n = len(calls)
+    time.sleep(0.15)
+    assert n >= 4 and len(calls) == n  # kept beating past the error, and stopped after
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")  # ask/tell on purpose
+def test_optuna_fails_a_trial_whose_heartbeat_stopped_on_a_real_sqlite_storage(tmp_path):
+    storage = create_storage(f"sqlite:///{tmp_path}/h.db", heartbeat_interval=1, grace_period=1)
+    hb = Heartbeat(1, 2, by_storage=storage_heartbeats(storage))
+    assert hb.by_storage and not storage_heartbeats(create_storage(f"sqlite:///{tmp_path}/n.db"))
+    study = optuna.create_study(study_name="s", storage=storage)
+    beating_trial, silent_trial = study.ask(), study.ask()
+    ids = [storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("s"), t.number) for t in (beating_trial, silent_trial)]
+    for trial_id in ids:
+        storage.record_heartbeat(trial_id)
+    with beating(lambda: storage.record_heartbeat(ids[0]), 0.3, "test"):
+        time.sleep(2.5)  # the silent one's last heartbeat is now past the 1 s grace period
+        assert fail_stale_by_storage(study, hb) == [silent_trial.number]
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL]
+    assert fail_stale_by_storage(study, Heartbeat(1)) == []  # a storage without heartbeats
