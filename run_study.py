@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 import tomllib
 import warnings
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from model.training import TrainConfig
 from storage import read_json
 from storage.studies import dashboard_command, mask_url
 from tuner.dashboard import ARTIFACT_DIR
+from tuner.distributed import launch_from_env
 from tuner.long_run import LongRunConfig
 from tuner.lr_sweep import PRESET_GRIDS, STRATEGY_GRID, SweepConfig
 from tuner.pipeline import PipelineConfig, run, storage_url
@@ -99,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", help="ngram (CPU: hashed character n-grams) | tiny | small | "
                                     f"base | 730m (byte transformers, for GPUs) {d(P, 'preset')}")
     m.add_argument("--model", help="your own model: package.module:factory")
+    m.add_argument("--dropout", type=float,
+                   help="dropout of the preset's layers, 0 = off (default: the preset's, 0.1)")
     m.add_argument("--max-length", type=int,
                    help="tokens per text (bytes + CLS) (default: the preset's)")
     m.add_argument("--device", help=f"auto | cpu | cuda | cuda:N {d(P, 'device')}")
@@ -229,7 +233,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         sweep["lr_grid"] = _lr_grid(args.lr_grid)
     top = given(study="study", backup_dir="backup_dir", data="data", storage="storage",
                 text_field="text_field", max_samples="max_samples", preset="preset",
-                model="model", max_length="max_length", val_ratio="val_ratio",
+                model="model", max_length="max_length", dropout="dropout", val_ratio="val_ratio",
                 test_ratio="test_ratio", dedup_threshold="dedup_threshold",
                 conflict_policy="conflict_policy", selection_method="selection_method",
                 crossover_trials="crossover_trials", stop_after="stop_after",
@@ -301,13 +305,18 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         _setup_logging(args.log_level)
         cfg = config_from_args(args)
-        artifacts = Path(cfg.backup_dir) / cfg.study / ARTIFACT_DIR
-        print(f"watch it live: {dashboard_command(storage_url(cfg), artifacts)}", file=sys.stderr,
-              flush=True)
+        follower = launch_from_env() is not None and int(os.environ["RANK"]) > 0
+        if follower:  # a torchrun rank > 0: rank 0 shows the run
+            cfg = replace(cfg, train=replace(cfg.train, progress=False))
+        else:
+            artifacts = Path(cfg.backup_dir) / cfg.study / ARTIFACT_DIR
+            print(f"watch it live: {dashboard_command(storage_url(cfg), artifacts)}",
+                  file=sys.stderr, flush=True)
         # Log lines go through tqdm, so they never land in the middle of a progress bar.
         with logging_redirect_tqdm():
             run(cfg)
-        _print_summary(cfg)
+        if not follower:
+            _print_summary(cfg)
     except (ValueError, OSError) as e:
         # Errors a user can cause: a message and a non-zero exit, not a traceback.
         if first.debug:

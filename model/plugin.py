@@ -40,11 +40,14 @@ def load_factory(target: str) -> Factory:
 
 
 def build(
-    target: str | None, preset: str, tasks: Sequence[TaskSpec], max_length: int
+    target: str | None, preset: str, tasks: Sequence[TaskSpec], max_length: int,
+    dropout: float | None = None,
 ) -> tuple[nn.Module, GroupSpec]:
-    """The reference model (``target=None``) or the user's factory, checked."""
+    """The reference model (``target=None``; ``dropout`` overrides the preset's) or the
+    user's factory, checked."""
     if target is None:
-        model = build_model(preset, tasks, max_length=max_length)
+        extra = {} if dropout is None else {"dropout": dropout}
+        model = build_model(preset, tasks, max_length=max_length, **extra)
         return model, model.group_spec
     result = load_factory(target)(tasks=tuple(tasks), max_length=max_length)
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)

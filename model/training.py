@@ -158,6 +158,11 @@ class Engine:
     ema: nn.Module | None = None
     spec: GroupSpec | None = None  # set: per-group gradient stats of each epoch's last step
     history: list[dict] = field(default_factory=list)
+    # Data parallel (``distribute``): the DistributedDataParallel wrapper that runs the
+    # forward and averages gradients, this process' rank and the number of processes.
+    ddp: nn.Module | None = None
+    rank: int = 0
+    world: int = 1
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything training changes, split for safe storage: named tensors (weights,
@@ -235,6 +240,34 @@ def build_engine(
     ema = build_ema(model, config.ema_decay) if config.ema_decay > 0 else None
     return Engine(model, tuple(tasks), config, optimizer, scheduler, device, amp_dtype, scaler, ema,
                   spec)
+
+
+def distribute(engine: Engine) -> None:
+    """Train ``engine`` data-parallel over the initialized default process group: every
+    micro-batch is split over the ranks and DistributedDataParallel averages gradients, so
+    each optimizer step sees the rows and the gradient of the single-process step."""
+    from torch.distributed import get_rank, get_world_size
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [engine.device.index] if engine.device.type == "cuda" else None
+    engine.ddp = DistributedDataParallel(engine.model, device_ids=device_ids)
+    engine.rank, engine.world = get_rank(), get_world_size()
+
+
+def _shard(index: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, float]:
+    """This rank's rows of a micro-batch and the weight of its mean loss.
+
+    DDP averages gradients over ranks; weighting each rank's mean loss by its share of the
+    rows x world makes that average the gradient of the whole batch's mean loss. A rank
+    left without rows (a batch smaller than world) runs one row at weight 0, because every
+    rank must take part in the gradient all-reduce.
+    """
+    if world == 1:
+        return index, 1.0
+    part = index.tensor_split(world)[rank]
+    if part.numel() == 0:
+        return index[:1], 0.0
+    return part, part.numel() * world / index.numel()
 
 
 def steps_per_epoch(rows: int, config: TrainConfig) -> int:
@@ -331,10 +364,12 @@ def step_loss(
 def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
     """Train over ``data`` once (epoch is 1-based). Returns the epoch's train metrics."""
     model, cfg, tasks, device = engine.model, engine.config, engine.tasks, engine.device
+    forward = engine.ddp if engine.ddp is not None else model
     primary = tasks[0]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks depend on (seed, epoch) only
+    # Dropout masks depend on (seed, epoch, rank) only; rank 0's are the single process' ones.
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_919 * engine.rank)
     batches = list(batch_indices(len(data), cfg.batch_size, epoch_generator(cfg.seed, epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
     correct = torch.zeros((), dtype=torch.long)
@@ -351,26 +386,35 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
     start = time.perf_counter()
     for i, index in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False,
                                    disable=not cfg.progress)):
-        # -- phase 1: batch. ids/mask (B, L_b); targets task -> (B, ...)
-        ids, mask, targets = data.batch(index, device)
-        rows = ids.shape[0]
+        # -- phase 1: batch, this rank's share. ids/mask (B_r, L_b); targets task -> (B_r, ...)
+        part, weight = _shard(index, engine.rank, engine.world)
+        ids, mask, targets = data.batch(part, device)
+        rows = ids.shape[0] if weight > 0 else 0
+        share = rows / index.numel()  # of the micro-batch's rows
         group_start = i - i % cfg.grad_accum
         group_size = min(cfg.grad_accum, len(batches) - group_start)
+        # DDP all-reduces gradients on the last micro-batch of an accumulation group only.
+        last = i - group_start + 1 == group_size
+        sync = (forward.no_sync() if engine.ddp is not None and not last
+                else contextlib.nullcontext())
 
-        # -- phase 2: forward and loss (both R-Drop passes in one (2B, L_b) batch).
-        with _autocast(engine):
-            loss, losses, first = step_loss(model, ids, mask, targets, tasks, cfg)
+        with sync:
+            # -- phase 2: forward and loss (both R-Drop passes in one (2B_r, L_b) batch).
+            with _autocast(engine):
+                loss, losses, first = step_loss(forward, ids, mask, targets, tasks, cfg)
 
-        # -- phase 3: backward, averaged over the accumulation group.
-        scaled = loss / group_size
-        engine.scaler.scale(scaled).backward()
-        correct += correct_rows(primary, first["fused"][primary.name].detach(), targets[primary.name])
+            # -- phase 3: backward, averaged over the accumulation group (and the ranks).
+            scaled = loss * weight / group_size
+            engine.scaler.scale(scaled).backward()
+        if rows:
+            correct += correct_rows(primary, first["fused"][primary.name].detach(),
+                                    targets[primary.name])
         fused_sum += losses["fused"].detach().double() * rows
         objective_sum += loss.detach().double() * rows
-        group_loss += losses["fused"].detach().double() / group_size
+        group_loss += losses["fused"].detach().double() * share / group_size
 
         # -- phase 4: optimizer step at the end of each accumulation group.
-        if i - group_start + 1 == group_size:
+        if last:
             engine.scaler.unscale_(engine.optimizer)
             grads = [p.grad for p in params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads)
@@ -388,10 +432,20 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
             step_losses.append(group_loss.clone())
             group_loss.zero_()
 
-    # -- phase 5: the epoch's figures.
+    # -- phase 5: the epoch's figures (sums over every rank's rows).
+    losses_per_step = torch.stack(step_losses)
+    if engine.world > 1:
+        from torch.distributed import all_reduce
+
+        sums = torch.cat([torch.stack([correct.double(), fused_sum, objective_sum]),
+                          losses_per_step]).to(device)
+        all_reduce(sums)
+        sums = sums.cpu()
+        correct, fused_sum, objective_sum = sums[0].long(), sums[1], sums[2]
+        losses_per_step = sums[3:]
     seconds = time.perf_counter() - start
     norms = torch.stack(grad_norms).double()
-    efficiency, speed = _trend_figures(torch.stack(step_losses))
+    efficiency, speed = _trend_figures(losses_per_step)
     mean_norm = float(norms.mean())
     std_norm = float(norms.std()) if norms.numel() > 1 else 0.0
     return {

@@ -24,6 +24,7 @@ class PipelineConfig:
     preset: str = "ngram"
     model: str | None = None  # package.module:factory
     max_length: int | None = None  # None: the preset's
+    dropout: float | None = None  # None: the preset's (a --model factory sets its own)
     device: str = "cpu"
     storage: str | None = None  # None: sqlite:///<backup_dir>/<study>.db
     val_ratio: float = 0.1
@@ -50,6 +51,11 @@ class PipelineConfig:
             raise ValueError(f"max_samples must be >= 1, got {self.max_samples!r}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length!r}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.dropout is not None and self.model is not None:
+            raise ValueError(f"--dropout sets a preset's dropout; the --model factory "
+                             f"{self.model!r} sets its own")
         if not 0 < self.val_ratio < 1:
             raise ValueError(f"val_ratio must be in (0, 1), got {self.val_ratio!r}")
         if not 0 <= self.test_ratio < 1:

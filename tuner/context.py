@@ -14,6 +14,7 @@ from model.training import EncodedData
 from storage import Session
 
 from ._workers import Heartbeat
+from .distributed import Launch
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class RunContext:
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
     progress: bool = True
     settings: dict[str, Any] | None = None  # what the studies must have been run with
+    launch: Launch | None = None  # a torchrun job: the long run trains on all its ranks
 
     def __post_init__(self) -> None:
         if not self.tasks:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,15 +21,19 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import TrialState
+from torch import nn
 from tqdm.auto import tqdm
 
 from model.groups import GroupSpec
+from model.tasks import TaskSpec
 from model.training import (
     TrainConfig,
     build_engine,
+    distribute,
     run_epoch,
     steps_per_epoch,
     tensor_stats,
+    train_one_epoch,
 )
 from storage import Session, crash_point, json_safe
 from storage.checkpoints import CheckpointError, read_resume, save_checkpoint, save_resume
@@ -44,6 +48,16 @@ from ._workers import (
     worker_id,
 )
 from .context import RunContext
+from .distributed import (
+    GO,
+    Launch,
+    announce,
+    check_tasks,
+    process_group,
+    share_engine,
+    share_split,
+    wait_for_long_run,
+)
 from .lr_sweep import epoch_attr
 
 logger = logging.getLogger(__name__)
@@ -200,6 +214,43 @@ def run_long_run(study: optuna.Study, lr: float, cfg: LongRunConfig, train_cfg: 
 
 def _train(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongRunConfig,
            train_cfg: TrainConfig, ctx: RunContext) -> float:
+    if ctx.launch is None:
+        return _train_ranks(study, trial, lr, cfg, train_cfg, ctx)
+    # torchrun: the followers wait on the job's store for this; then every rank joins.
+    trial.set_user_attr("processes", ctx.launch.world)
+    announce(ctx.launch, GO, {"lr": lr, "epochs": cfg.epochs})
+    with process_group(ctx.launch, ctx.device):
+        return _train_ranks(study, trial, lr, cfg, train_cfg, ctx)
+
+
+def follow_long_run(launch: Launch, tasks: Sequence[TaskSpec],
+                    build: Callable[[], tuple[nn.Module, GroupSpec]], device: str,
+                    train_cfg: TrainConfig) -> bool:
+    """A torchrun follower (rank > 0): wait for rank 0's long run, train its share of every
+    batch in step with it, leave when it ends. False when rank 0 finished without one."""
+    order = wait_for_long_run(launch)
+    if order is None:
+        return False
+    run_cfg = replace(train_cfg, lr=order["lr"], epochs=order["epochs"], progress=False)
+    with process_group(launch, device):
+        check_tasks(tasks)
+        train = share_split(None)
+        torch.manual_seed(run_cfg.seed)
+        model, spec = build()
+        engine = build_engine(model, spec, tasks, run_cfg, steps_per_epoch(len(train), run_cfg),
+                              device)
+        start = share_engine(engine, None)
+        distribute(engine)
+        logger.info("rank %d: training epochs %d-%d of the long run (LR %g) with rank 0",
+                    launch.rank, start, order["epochs"], order["lr"])
+        for epoch in range(start, order["epochs"] + 1):
+            train_one_epoch(engine, train, epoch)
+    return True
+
+
+def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongRunConfig,
+                 train_cfg: TrainConfig, ctx: RunContext) -> float:
+    """The long run on this process (rank 0 of a torchrun job: with its followers)."""
     run_cfg = replace(train_cfg, lr=lr, epochs=cfg.epochs)
     torch.manual_seed(run_cfg.seed)
     model, spec = ctx.build()
@@ -208,6 +259,11 @@ def _train(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongRunConf
     root = ctx.session.path("checkpoints")
     history, start = _resume(engine, root / "resume", lr, trial)
     checkpoints = [h["epoch"] for h in history if h["epoch"] % cfg.checkpoint_every == 0]
+    if ctx.launch is not None:  # the same collectives, in the order follow_long_run makes them
+        check_tasks(ctx.tasks)
+        share_split(ctx.train)
+        share_engine(engine, start)
+        distribute(engine)
 
     bar = tqdm(range(start, cfg.epochs + 1), desc=f"long run (LR {lr:g})", unit="epoch",
                initial=start - 1, total=cfg.epochs, disable=not train_cfg.progress)
@@ -281,4 +337,5 @@ def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metr
 
 
 __all__ = ["PHASE4_ATTR", "PHASE4_DONE_ATTR", "LongRunConfig", "claim_phase4", "detailed_metrics",
-           "phase4_heartbeat", "progress_report", "release_phase4", "run_long_run"]
+           "follow_long_run", "phase4_heartbeat", "progress_report", "release_phase4",
+           "run_long_run"]

@@ -44,10 +44,12 @@ from .config import PipelineConfig
 from .context import RunContext
 from .crossover import QUEUED_ATTR, ResumableTPESampler, best_recipe, best_single_epoch, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
+from .distributed import DONE, Launch, announce, launch_from_env, rank_device
 from .final import build_candidates, build_test_table, write_final_model
 from .long_run import (
     PHASE4_DONE_ATTR,
     claim_phase4,
+    follow_long_run,
     phase4_heartbeat,
     release_phase4,
     run_long_run,
@@ -75,7 +77,7 @@ def _build_fn(cfg: PipelineConfig, dataset: Dataset, max_length: int):
     """Model factory with fixed initial weights: every call returns the same model."""
     def build_fn():
         torch.manual_seed(cfg.train.seed)
-        return build(cfg.model, cfg.preset, dataset.tasks, max_length)
+        return build(cfg.model, cfg.preset, dataset.tasks, max_length, cfg.dropout)
     return build_fn
 
 
@@ -90,7 +92,32 @@ def storage_url(cfg: PipelineConfig) -> str:
 
 
 def run(cfg: PipelineConfig) -> dict:
-    """Run every phase; rerunning the same config resumes. Returns the long run summary."""
+    """Run every phase; rerunning the same config resumes. Returns the long run summary.
+
+    Under torchrun, rank 0 runs the pipeline and the other ranks join its long run
+    (``tuner.distributed``)."""
+    launch = launch_from_env()
+    if launch is not None and launch.rank > 0:
+        return follow(cfg, launch)
+    try:
+        return _run(cfg, launch)
+    finally:
+        if launch is not None:  # followers still waiting for a long run leave
+            announce(launch, DONE, {})
+
+
+def follow(cfg: PipelineConfig, launch: Launch) -> dict:
+    """A torchrun rank > 0: reads the data (for its tasks) and the model, never the
+    session folder or the storage; trains in rank 0's long run, if there is one."""
+    dataset = load_data(cfg)
+    build_fn = _build_fn(cfg, dataset, _model_max_length(cfg))
+    if follow_long_run(launch, tuple(dataset.tasks), build_fn, rank_device(cfg.device, launch),
+                       cfg.train):
+        logger.info("rank %d: the long run is done; leaving", launch.rank)
+    return {}
+
+
+def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     # Everything a user can get wrong is checked before anything is written: the data,
     # the model, the backup dir and the storage; phase 0 fails before it writes.
     dataset = load_data(cfg)
@@ -126,7 +153,8 @@ def run(cfg: PipelineConfig) -> dict:
         logger.info("stopping after phase 0 (--stop-after 0)")
         return {}
     ctx = RunContext(tasks=tuple(dataset.tasks), build=build_fn, train=train, val=val,
-                     session=session, device=cfg.device, heartbeat=heartbeat,
+                     session=session, device=rank_device(cfg.device, launch), heartbeat=heartbeat,
+                     launch=launch,
                      progress=cfg.train.progress, settings=settings)
 
     # -- phase 1: LR sweep, then selection
