@@ -250,9 +250,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         overfit=OverfitConfig(**given(decide_by="overfit_criterion")))
 
 
-class _DropInterrupts(logging.Filter):
-    """Optuna logs a trial that Ctrl-C stopped as failed, with a traceback; the run
-    already says it was interrupted in one line."""
+class _DropRaisedTrialErrors(logging.Filter):
+    """Optuna logs a trial whose objective raised (Ctrl-C, a full disk, a bad file) as
+    failed, with the traceback; the exception goes on to ``main``, which reports it once:
+    one line for what a user can fix, the traceback for a bug."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -260,7 +261,7 @@ class _DropInterrupts(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        if record.exc_info and isinstance(record.exc_info[1], BaseException):
             self._trial = message.partition(" failed")[0]
             return False
         if self._trial and message.startswith(f"{self._trial} failed with value"):
@@ -276,7 +277,7 @@ def _setup_logging(level: str) -> None:
     debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     optuna.logging.set_verbosity(logging.DEBUG if debug else logging.WARNING)
     # Records of Optuna's modules reach the handlers of its root logger: filter there.
-    drop = _DropInterrupts()
+    drop = _DropRaisedTrialErrors()
     for handler in logging.getLogger("optuna").handlers:
         handler.addFilter(drop)
 

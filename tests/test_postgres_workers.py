@@ -55,6 +55,9 @@ def test_three_workers_on_postgresql_run_each_point_once_and_equal_one_worker(
         ids = {s["study_name"]: s["study_id"] for s in _wait_for_api(api)}
         shown = _get(f"{api}/studies/{ids[f'{study}-lr-sweep']}?after=0")["trials"]
         states = Counter(t["state"] for t in shown)
+        points = Counter(t["state"] for t in shown if t["params"])
+        print(f"optuna-dashboard, {study}-lr-sweep: trials by state {dict(states)}; "
+              f"grid points by state {dict(points)}")
         assert states["Fail"] == 0 and states["Complete"] + states["Pruned"] >= 5, states
     finally:
         dash.terminate()
