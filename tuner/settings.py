@@ -82,9 +82,12 @@ def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """One line per setting that differs: ``name: old -> new``."""
+    """One line per setting that differs: ``name: old -> new``. A setting added since the
+    old run was recorded, left at None (its "as before" default), is no difference."""
     lines = []
     for key in sorted((old.keys() | new.keys()) - set(_RETIRED)):
+        if key not in old and new[key] is None:
+            continue
         if old.get(key, "<unset>") != new.get(key, "<unset>"):
             lines.append(f"  {key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
     return lines

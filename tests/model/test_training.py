@@ -122,3 +122,23 @@ def test_half_precision_on_cpu_is_a_clear_error(embedded_small):
 def test_bad_train_config_quotes_the_value(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_shards_split_a_batch_contiguously_and_their_weighted_means_average_to_the_batch_mean():
+    from model.training import _shard
+
+    index = torch.arange(10, 15)
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])  # a per-row loss
+    parts = [_shard(index, r, 2) for r in range(2)]
+    assert [p.tolist() for p, _ in parts] == [[10, 11, 12], [13, 14]]
+    # What DDP computes: the mean over ranks of weight x the rank's mean loss.
+    ddp = sum(w * values[p - 10].mean() for p, w in parts) / 2
+    assert float(ddp) == pytest.approx(float(values.mean()))
+    assert _shard(index, 0, 1) == (index, 1.0)
+
+
+def test_a_rank_without_rows_runs_one_row_at_weight_zero():
+    from model.training import _shard
+
+    part, weight = _shard(torch.tensor([7, 8]), 2, 3)
+    assert part.tolist() == [7] and weight == 0.0
