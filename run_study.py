@@ -81,12 +81,22 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--smoke", action="store_true", help=f"toy-size run of every phase: {SMOKE}")
     dg = p.add_argument_group("data")
     dg.add_argument("--data-path", "--data", dest="data",
-                    help="JSON list or JSONL file of objects (default: the embedded kaomoji corpus)")
+                    help="a JSON list, JSONL, CSV, TSV or Parquet file of labelled texts, or a "
+                         "folder of train/validation/test files that are the splits (default: "
+                         "the embedded kaomoji corpus)")
     dg.add_argument("--text-field", help=f"field holding the text {d(P, 'text_field')}")
     dg.add_argument("--label-fields",
                     help="comma-separated label fields, one task each (first = primary) "
                          f"(default: {','.join(_default(P, 'label_fields'))})")
-    dg.add_argument("--max-samples", type=int, help=f"seeded sample size {d(P, 'max_samples')}")
+    dg.add_argument("--task-kind", action="append", metavar="FIELD=KIND",
+                    help="a label field's kind where inference would guess wrong: single, "
+                         "multi or regression (repeat for several fields)")
+    dg.add_argument("--label-separator",
+                    help="splits a multi-label cell of a CSV/TSV (e.g. '|'); JSON lists in "
+                         "cells need none")
+    dg.add_argument("--max-samples", type=int,
+                    help=f"seeded sample size (of train, for a folder of splits) "
+                         f"{d(P, 'max_samples')}")
     dg.add_argument("--val-ratio", type=float, help=d(P, "val_ratio"))
     dg.add_argument("--test-ratio", type=float,
                     help="held-out test split no selection sees; 0 = the strategy's two-way "
@@ -190,6 +200,13 @@ def _device(name: str) -> str:
     return name
 
 
+def _task_kind(text: str) -> tuple[str, str]:
+    field, sep, kind = str(text).partition("=")
+    if not sep or not field.strip() or kind.strip() not in ("single", "multi", "regression"):
+        raise ValueError(f"--task-kind must look like FIELD=single|multi|regression, got {text!r}")
+    return field.strip(), kind.strip()
+
+
 def _lr_grid(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in str(text).split(",") if x.strip())
@@ -240,6 +257,15 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                 heartbeat_interval="heartbeat_interval", grace_period="grace_period")
     if args.label_fields is not None:
         top["label_fields"] = tuple(f.strip() for f in args.label_fields.split(",") if f.strip())
+    if args.task_kind:
+        top["task_kinds"] = tuple(_task_kind(text) for text in args.task_kind)
+    if args.label_separator is not None:
+        top["label_separator"] = args.label_separator
+    if args.data is not None and Path(args.data).is_dir():
+        for flag, value in (("--val-ratio", args.val_ratio), ("--test-ratio", args.test_ratio)):
+            if value is not None:
+                raise ValueError(f"{flag}: the data folder {args.data} gives its own splits "
+                                 "(train/validation/test files); drop the flag")
     if args.device is not None:
         top["device"] = _device(args.device)
     if args.no_wait:

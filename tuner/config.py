@@ -20,6 +20,8 @@ class PipelineConfig:
     data: str | None = None  # None: the embedded kaomoji corpus
     text_field: str = "text"
     label_fields: tuple[str, ...] = ("label",)
+    task_kinds: tuple[tuple[str, str], ...] = ()  # (field, single|multi|regression) pairs
+    label_separator: str | None = None  # splits a CSV/TSV multi-label cell
     max_samples: int | None = 10_000
     preset: str = "ngram"
     model: str | None = None  # package.module:factory

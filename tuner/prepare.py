@@ -12,7 +12,7 @@ from model import ByteTokenizer
 from storage import Dataset, Session, load_embedded, load_file, read_json
 
 from .config import PipelineConfig
-from .data_quality import remove_leakage, remove_near_duplicates, stratified_split
+from .data_quality import ks_statistic, remove_leakage, remove_near_duplicates, stratified_split
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 def load_data(cfg: PipelineConfig) -> Dataset:
     if cfg.data is None:
         return load_embedded(cfg.max_samples, cfg.train.seed)
-    return load_file(cfg.data, cfg.text_field, cfg.label_fields, max_samples=cfg.max_samples,
-                     seed=cfg.train.seed)
+    return load_file(cfg.data, cfg.text_field, cfg.label_fields, kinds=dict(cfg.task_kinds),
+                     max_samples=cfg.max_samples, seed=cfg.train.seed,
+                     label_separator=cfg.label_separator)
 
 
 def _phase0_key(dataset: Dataset, cfg: PipelineConfig) -> str:
@@ -32,6 +33,8 @@ def _phase0_key(dataset: Dataset, cfg: PipelineConfig) -> str:
                          "val": cfg.val_ratio, "test": cfg.test_ratio, "seed": cfg.train.seed,
                          "text": dataset.text_field, "label": dataset.fields[0].field,
                          "version": 1}).encode())
+    if dataset.splits is not None:  # the same rows split otherwise are another input
+        h.update(json.dumps({k: len(v) for k, v in dataset.splits.items()}).encode())
     return h.hexdigest()
 
 
@@ -51,13 +54,17 @@ def prepare_data(dataset: Dataset, cfg: PipelineConfig, session: Session) -> dic
         logger.info("phase 0: input or settings changed: recomputing")
 
     text_key, label_key = dataset.text_field, dataset.fields[0].field
-    kept, dup_stats = remove_near_duplicates(dataset.records, cfg.dedup_threshold, text_key,
-                                             label_key, cfg.conflict_policy, cfg.train.progress)
-    if len(kept) < 3:
-        raise ValueError(f"{dataset.source}: {len(kept)} rows are left after near-duplicate "
-                         f"removal (threshold {cfg.dedup_threshold}); need at least 3")
-    train, val, test, split_stats = stratified_split(kept, cfg.val_ratio, cfg.test_ratio,
-                                                     cfg.train.seed, label_key, text_key)
+    if dataset.splits is not None:
+        train, val, test, dup_stats, split_stats = _given_splits(dataset, cfg)
+    else:
+        kept, dup_stats = remove_near_duplicates(dataset.records, cfg.dedup_threshold, text_key,
+                                                 label_key, cfg.conflict_policy,
+                                                 cfg.train.progress)
+        if len(kept) < 3:
+            raise ValueError(f"{dataset.source}: {len(kept)} rows are left after near-duplicate "
+                             f"removal (threshold {cfg.dedup_threshold}); need at least 3")
+        train, val, test, split_stats = stratified_split(kept, cfg.val_ratio, cfg.test_ratio,
+                                                         cfg.train.seed, label_key, text_key)
     val, val_leak = remove_leakage(train, val, cfg.dedup_threshold, text_key, "val")
     test, test_leak = remove_leakage(train, test, cfg.dedup_threshold, text_key, "test")
     if not train or not val:
@@ -75,6 +82,32 @@ def prepare_data(dataset: Dataset, cfg: PipelineConfig, session: Session) -> dic
     session.write_json("preprocessing/phase0_state.json", {
         "key": key, "splits": {k: [position[id(r)] for r in v] for k, v in splits.items()}})
     return splits
+
+
+def _given_splits(dataset: Dataset, cfg: PipelineConfig) -> tuple:
+    """The user's train / validation / test files: near-duplicates removed within each,
+    then (below, as for a split of our own) rows of val and test that leak from train."""
+    text_key, label_key = dataset.text_field, dataset.fields[0].field
+    logger.info("phase 0: using the given splits (%s); near-duplicates are removed within "
+                "each and val/test rows that repeat a train row are removed",
+                ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
+    kept, stats = {}, {}
+    for name, rows in dataset.splits.items():
+        kept[name], stats[name] = remove_near_duplicates(
+            rows, cfg.dedup_threshold, text_key, label_key, cfg.conflict_policy,
+            cfg.train.progress)
+    dup_stats = {"given_splits": True, "per_split": stats,
+                 "original_count": sum(s["original_count"] for s in stats.values()),
+                 "cleaned_count": sum(s["cleaned_count"] for s in stats.values()),
+                 "threshold_used": cfg.dedup_threshold}
+    test = kept.get("test", [])
+    lengths = {name: [len(r[text_key]) for r in part]
+               for name, part in (("train", kept["train"]), ("val", kept["val"]), ("test", test))}
+    split_stats = {"given_splits": {k: len(v) for k, v in dataset.splits.items()},
+                   "train_count": len(kept["train"]),
+                   "ks_val_vs_train": ks_statistic(lengths["val"], lengths["train"]),
+                   "ks_test_vs_train": ks_statistic(lengths["test"], lengths["train"])}
+    return kept["train"], kept["val"], test, dup_stats, split_stats
 
 
 def log_truncation(dataset: Dataset, tokenizer: ByteTokenizer) -> None:

@@ -86,7 +86,7 @@ def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     old run was recorded, left at None (its "as before" default), is no difference."""
     lines = []
     for key in sorted((old.keys() | new.keys()) - set(_RETIRED)):
-        if key not in old and new[key] is None:
+        if key not in old and new[key] in (None, [], {}):
             continue
         if old.get(key, "<unset>") != new.get(key, "<unset>"):
             lines.append(f"  {key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
