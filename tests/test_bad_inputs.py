@@ -32,6 +32,12 @@ def _jsonl(rows) -> bytes:
     return "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode("utf-8")
 
 
+def _csv(rows, delimiter: bytes = b",") -> bytes:
+    lines = [b"text" + delimiter + b"label"]
+    lines += [r["text"].encode("utf-8") + delimiter + r["label"].encode("utf-8") for r in rows]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
 def _with(index: int, **change) -> list[dict]:
     rows = [dict(r) for r in ROWS]
     rows[index] = {k: v for k, v in {**rows[index], **change}.items() if v is not ...}
@@ -67,6 +73,20 @@ REFUSED = [
      "has no callable 'nope'"),
     ("storage that cannot be opened", "d.json", _json(ROWS),
      ["--storage", "mysql://admin:hunter2@127.0.0.1:1/db"], "cannot be opened"),
+    ("ragged CSV row", "d.csv", _csv(ROWS).replace(b"sad number 1,sad", b"sad number 1,sad,x"),
+     [], "d.csv: row 4 (line 6): 3 cells, expected 2 like the header (text, label)"),
+    ("CSV without the label column", "d.csv", _csv(ROWS), ["--label-fields", "emotion"],
+     "d.csv: the header has no column 'emotion'"),
+    ("CSV empty label cell", "d.csv", _csv(_with(3, label="")), [],
+     "d.csv: row 3 (line 5): column 'label' is empty; expected a label"),
+    ("CSV regression cell not a number", "d.csv", _csv(_with(2, label="n/a")),
+     ["--task-kind", "label=regression"],
+     "d.csv: row 0 (line 2): column 'label': expected a number (regression), got 'happy'"),
+    ("TSV not UTF-8", "d.tsv", _csv(ROWS, b"\t").replace(b"happy number 0", b"happy \xff 0"), [],
+     "d.tsv: not valid UTF-8 at byte"),
+    ("malformed --task-kind", "d.csv", _csv(ROWS), ["--task-kind", "label"],
+     "--task-kind must look like FIELD=single|multi|regression"),
+    ("not Parquet", "d.parquet", b"PAR1 not really", [], "d.parquet: not a valid Parquet file"),
 ]
 
 
