@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import sys
@@ -322,7 +323,51 @@ def _print_summary(cfg: PipelineConfig) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+def _predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_study.py predict",
+        description="Predict with a session's final model: one JSON line per input row.")
+    p.add_argument("--session", required=True, help="the session folder: <backup-dir>/<study>")
+    p.add_argument("--data-path", "--data", dest="data", required=True,
+                   help="texts to predict: a JSON list, JSONL, CSV, TSV or Parquet file")
+    p.add_argument("--output", required=True, help="where the predictions go (JSON lines)")
+    p.add_argument("--text-field", help="field holding the text (default: the session's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
+    return p
+
+
+def predict_main(argv: list[str]) -> int:
+    """``run_study.py predict ...``: the final model of a session on a data file."""
+    from storage import atomic_write_bytes, read_texts
+    from tuner.predict import load_predictor, predict
+
+    args = _predict_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        predictor = load_predictor(args.session, _device(args.device))
+        texts = read_texts(args.data, args.text_field or predictor.text_field)
+        with logging_redirect_tqdm():
+            rows = predict(predictor, texts, args.batch_size, progress=not args.no_progress)
+        lines = [json.dumps({"row": i, "text": t, **r}, ensure_ascii=False)
+                 for i, (t, r) in enumerate(zip(texts, rows, strict=True))]
+        atomic_write_bytes(Path(args.output), ("\n".join(lines) + "\n").encode("utf-8"))
+    except (ValueError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(rows)} predictions written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:
+        return predict_main(argv[1:])
     parser = _parser()
     first, _ = parser.parse_known_args(argv)
     cfg: PipelineConfig | None = None

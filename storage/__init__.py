@@ -17,6 +17,7 @@ from .datasets import (
     embedded_fields,
     load_embedded,
     load_file,
+    read_texts,
 )
 from .faults import crash_point
 from .session import (
@@ -44,6 +45,7 @@ __all__ = [
     "load_tensors",
     "read_json",
     "read_resume",
+    "read_texts",
     "remove_stale_temp_files",
     "save_checkpoint",
     "save_resume",

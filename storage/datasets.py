@@ -456,6 +456,32 @@ def _task_fields(path: Path, rows: list[tuple[str, Any]], records: list[dict],
     return tuple(fields)
 
 
+def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
+    """The texts of a data file (any format ``load_file`` reads; other fields ignored),
+    with the same errors naming file, row and field."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in TABLE_SUFFIXES:
+        rows = _read_table(path, TABLE_SUFFIXES[suffix])
+    elif suffix in PARQUET_SUFFIXES:
+        rows = _read_parquet(path)
+    else:
+        rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"{path}: holds no rows; expected at least one")
+    texts = []
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: {where}: expected an object, got {_type_name(row)}")
+        if text_field not in row:
+            raise DataError(f"{path}: {where}: field {text_field!r} is missing; expected the text")
+        if not isinstance(row[text_field], str):
+            raise DataError(f"{path}: {where}: field {text_field!r}: expected a string, "
+                            f"got {_type_name(row[text_field])}")
+        texts.append(row[text_field])
+    return texts
+
+
 def split_files(folder: Path) -> dict[str, Path]:
     """The train / validation / test files of a folder (``train.csv``, ``validation.jsonl``,
     ``val.parquet``, ...): train and validation are required, test is optional."""

@@ -81,10 +81,15 @@ def _build_fn(cfg: PipelineConfig, dataset: Dataset, max_length: int):
     return build_fn
 
 
+def model_max_length(preset: str, model: str | None, max_length: int | None) -> int:
+    """The encoder's input length: given, else the preset's (64 bytes for a --model)."""
+    if max_length is not None:
+        return max_length
+    return preset_config(preset).max_length if model is None else 64
+
+
 def _model_max_length(cfg: PipelineConfig) -> int:
-    if cfg.max_length is not None:
-        return cfg.max_length
-    return preset_config(cfg.preset).max_length if cfg.model is None else 64
+    return model_max_length(cfg.preset, cfg.model, cfg.max_length)
 
 
 def storage_url(cfg: PipelineConfig) -> str:
