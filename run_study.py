@@ -111,7 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--preset", help="ngram (CPU: hashed character n-grams) | tiny | small | "
                                     f"base | 730m (byte transformers, for GPUs) {d(P, 'preset')}")
-    m.add_argument("--model", help="your own model: package.module:factory")
+    m.add_argument("--model", help="your own model: package.module:factory, or hf:<folder> "
+                                   "(a transformers model save_pretrained wrote)")
+    m.add_argument("--hf-layer-blocks", type=int,
+                   help="hf: models: the encoder layers in this many contiguous groups "
+                        "(default: 4)")
     m.add_argument("--dropout", type=float,
                    help="dropout of the preset's layers, 0 = off (default: the preset's, 0.1)")
     m.add_argument("--max-length", type=int,
@@ -251,7 +255,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         sweep["lr_grid"] = _lr_grid(args.lr_grid)
     top = given(study="study", backup_dir="backup_dir", data="data", storage="storage",
                 text_field="text_field", max_samples="max_samples", preset="preset",
-                model="model", max_length="max_length", dropout="dropout", val_ratio="val_ratio",
+                model="model", max_length="max_length", dropout="dropout",
+                hf_layer_blocks="hf_layer_blocks", val_ratio="val_ratio",
                 test_ratio="test_ratio", dedup_threshold="dedup_threshold",
                 conflict_policy="conflict_policy", selection_method="selection_method",
                 crossover_trials="crossover_trials", stop_after="stop_after",

@@ -1,4 +1,5 @@
-"""Bring your own model: ``--model package.module:factory``.
+"""Bring your own model: ``--model package.module:factory`` (or ``hf:<folder>``, see
+``model.hf``).
 
 The factory is called as ``factory(tasks=(TaskSpec, ...), max_length=int)`` and returns
 ``(module, GroupSpec)``. ``module(ids (B, L) int64, mask (B, L) bool)`` returns
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from .groups import GroupSpec
+from .hf import build_hf, is_hf
 from .red_heart import build_model
 from .tasks import TaskSpec
 
@@ -41,10 +43,13 @@ def load_factory(target: str) -> Factory:
 
 def build(
     target: str | None, preset: str, tasks: Sequence[TaskSpec], max_length: int,
-    dropout: float | None = None,
+    dropout: float | None = None, hf_layer_blocks: int | None = None,
 ) -> tuple[nn.Module, GroupSpec]:
-    """The reference model (``target=None``; ``dropout`` overrides the preset's) or the
-    user's factory, checked."""
+    """The reference model (``target=None``; ``dropout`` overrides the preset's), a
+    Hugging Face folder (``hf:<folder>``, its layers in ``hf_layer_blocks`` groups, 4 by
+    default) or the user's factory, checked."""
+    if is_hf(target):
+        return build_hf(target, tasks, hf_layer_blocks or 4)
     if target is None:
         extra = {} if dropout is None else {"dropout": dropout}
         model = build_model(preset, tasks, max_length=max_length, **extra)

@@ -27,6 +27,7 @@ class PipelineConfig:
     model: str | None = None  # package.module:factory
     max_length: int | None = None  # None: the preset's
     dropout: float | None = None  # None: the preset's (a --model factory sets its own)
+    hf_layer_blocks: int | None = None  # hf: models: layers in this many groups (None: 4)
     device: str = "cpu"
     storage: str | None = None  # None: sqlite:///<backup_dir>/<study>.db
     val_ratio: float = 0.1
@@ -58,6 +59,8 @@ class PipelineConfig:
         if self.dropout is not None and self.model is not None:
             raise ValueError(f"--dropout sets a preset's dropout; the --model factory "
                              f"{self.model!r} sets its own")
+        if self.hf_layer_blocks is not None and self.hf_layer_blocks < 1:
+            raise ValueError(f"hf_layer_blocks must be >= 1, got {self.hf_layer_blocks!r}")
         if not 0 < self.val_ratio < 1:
             raise ValueError(f"val_ratio must be in (0, 1), got {self.val_ratio!r}")
         if not 0 <= self.test_ratio < 1:

@@ -47,6 +47,7 @@ from .uncertainty import BootstrapConfig, confidence, verdict
 logger = logging.getLogger(__name__)
 
 FINAL_MODEL = "final/optimal_crossover_model.safetensors"
+HF_FINAL = "final/hf_model"  # hf: models, as save_pretrained writes them
 SplitPredictions = dict[str, dict[str, torch.Tensor]]  # split -> task -> predictions
 
 
@@ -242,5 +243,5 @@ def load_final_model(model: nn.Module, session_root: Path) -> nn.Module:
     return model
 
 
-__all__ = ["FINAL_MODEL", "Candidate", "build_candidates", "build_test_table", "load_final_model",
+__all__ = ["FINAL_MODEL", "HF_FINAL", "Candidate", "build_candidates", "build_test_table", "load_final_model",
            "write_final_model"]

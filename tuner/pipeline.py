@@ -19,6 +19,7 @@ import torch
 from optuna_dashboard import save_note
 
 from model import ByteTokenizer, GroupSpec, preset_config
+from model.hf import is_hf, load_tokenizer, max_positions, save_pretrained_folder
 from model.plugin import build
 from storage import (
     CheckpointError,
@@ -45,7 +46,7 @@ from .context import RunContext
 from .crossover import QUEUED_ATTR, ResumableTPESampler, best_recipe, best_single_epoch, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
 from .distributed import DONE, Launch, announce, launch_from_env, rank_device
-from .final import build_candidates, build_test_table, write_final_model
+from .final import HF_FINAL, build_candidates, build_test_table, load_final_model, write_final_model
 from .long_run import (
     PHASE4_DONE_ATTR,
     claim_phase4,
@@ -77,19 +78,37 @@ def _build_fn(cfg: PipelineConfig, dataset: Dataset, max_length: int):
     """Model factory with fixed initial weights: every call returns the same model."""
     def build_fn():
         torch.manual_seed(cfg.train.seed)
-        return build(cfg.model, cfg.preset, dataset.tasks, max_length, cfg.dropout)
+        return build(cfg.model, cfg.preset, dataset.tasks, max_length, cfg.dropout,
+                     cfg.hf_layer_blocks)
     return build_fn
 
 
 def model_max_length(preset: str, model: str | None, max_length: int | None) -> int:
-    """The encoder's input length: given, else the preset's (64 bytes for a --model)."""
+    """The encoder's input length: given, else the preset's (64 bytes for a --model, 64
+    tokens for hf: or its position limit if lower)."""
     if max_length is not None:
         return max_length
+    if is_hf(model):
+        limit = max_positions(model)
+        return min(64, limit) if limit else 64
     return preset_config(preset).max_length if model is None else 64
+
+
+def make_tokenizer(model: str | None, max_length: int):
+    """Bytes for our presets and factories; the model's own tokenizer for hf:."""
+    return load_tokenizer(model, max_length) if is_hf(model) else ByteTokenizer(max_length)
 
 
 def _model_max_length(cfg: PipelineConfig) -> int:
     return model_max_length(cfg.preset, cfg.model, cfg.max_length)
+
+
+def group_summary(model: torch.nn.Module, spec: GroupSpec) -> dict[str, dict]:
+    """Each module group's prefixes and parameter count, in group order."""
+    counts = {g: sum(p.numel() for _, p in spec.named_parameters_of(model, g)) for g in spec.groups}
+    return {g: {"prefixes": list(spec.groups[g]), "parameters": counts[g],
+                "own_loss": list(spec.group_losses.get(g, ())) or None,
+                "independent": g in spec.independent} for g in spec.groups}
 
 
 def storage_url(cfg: PipelineConfig) -> str:
@@ -128,12 +147,17 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     dataset = load_data(cfg)
     max_length = _model_max_length(cfg)
     build_fn = _build_fn(cfg, dataset, max_length)
-    model, _ = build_fn()  # a bad --model or preset fails here, before any trial starts
+    model, spec = build_fn()  # a bad --model or preset fails here, before any trial starts
     logger.info("model: %s with %d parameters", cfg.model or f"RedHeart {cfg.preset}",
                 sum(p.numel() for p in model.parameters()))
+    groups = group_summary(model, spec)
+    logger.info("module groups: %s", "; ".join(
+        f"{g} ({v['parameters']:,} parameters: {', '.join(v['prefixes'][:3])}"
+        f"{', ...' if len(v['prefixes']) > 3 else ''})" for g, v in groups.items()))
     del model
     session = Session.create(cfg.backup_dir, cfg.study)
     settings = check_settings(session, cfg)  # refuses a rerun with other settings
+    session.write_json("model_groups.json", groups)
     url = storage_url(cfg)
     storage = create_storage(url, heartbeat_interval=cfg.heartbeat_interval,
                              grace_period=cfg.grace_period)
@@ -145,7 +169,7 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     # -- phase 0: data quality
     crash_point("phase:0")
     splits = prepare_data(dataset, cfg, session)
-    tokenizer = ByteTokenizer(max_length)
+    tokenizer = make_tokenizer(cfg.model, max_length)
     train, val = (dataset.encode(splits[k], tokenizer) for k in ("train", "val"))
     log_truncation(dataset, tokenizer)
     session.write_json("preprocessing/data_summary.json", {
@@ -216,7 +240,7 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
 
 def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: RunContext,
                long_study: optuna.Study, report: dict, summary: dict, build_fn, dataset: Dataset,
-               splits: dict[str, list[dict]], tokenizer: ByteTokenizer) -> dict:
+               splits: dict[str, list[dict]], tokenizer) -> dict:
     """Phase 3 (sweet spots) and phase 4 (crossover, test table, final model), by the
     worker that owns them."""
     session, train, val = ctx.session, ctx.train, ctx.val
@@ -238,7 +262,7 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     ctx = replace(ctx, test=dataset.encode(splits["test"], tokenizer))
     references = reference_rows(dataset, splits, {"train": train, "val": val, "test": ctx.test})
     results = run_phase4(cfg, storage, ctx, spec, analysis, history, long_study, report,
-                         references)
+                         references, dataset.fields[0].classes)
     release_phase4(long_study, done=True)
     recipe = results["crossover_recipe"]
     logger.info("phase 4 done in %.0f s: final model %s (val loss %.4f, test acc %s); report in %s",
@@ -249,7 +273,7 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
 
 def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: RunContext,
                spec: GroupSpec, analysis: dict, history: list[dict], long_study: optuna.Study,
-               report: dict, references: dict | None = None) -> dict:
+               report: dict, references: dict | None = None, classes: tuple = ()) -> dict:
     """Crossover study, ensembles and soups, the test table, the final model, the report
     and the dashboard; final_results.json last."""
     session, tasks, val, test = ctx.session, ctx.tasks, ctx.val, ctx.test
@@ -275,6 +299,12 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     table = build_test_table(model, candidates, val, test, tasks, cfg.device, cfg.train.progress,
                              references, BootstrapConfig(seed=cfg.train.seed))
     recipe = write_final_model(session, table, candidates)
+    if is_hf(cfg.model):  # also as a folder from_pretrained loads
+        load_final_model(model, session.root)
+        save_pretrained_folder(model, make_tokenizer(cfg.model, _model_max_length(cfg)),
+                               classes, session.path(HF_FINAL))
+        recipe["save_pretrained"] = str(session.path(HF_FINAL))
+        session.write_json("final/recipe.json", json_safe(recipe))
     preprocessing = session.path("preprocessing")
     results = {
         "session_id": cfg.study,

@@ -21,13 +21,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from model import ByteTokenizer
+from model.hf import HFTokenizer
 from model.plugin import build
 from model.training import EncodedData, batch_indices
 from storage import read_json
 from storage.datasets import TaskField
 
 from .final import FINAL_MODEL, load_final_model
-from .pipeline import model_max_length
+from .pipeline import make_tokenizer, model_max_length
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class Predictor:
 
     model: nn.Module
     fields: tuple[TaskField, ...]
-    tokenizer: ByteTokenizer
+    tokenizer: ByteTokenizer | HFTokenizer
     text_field: str
     device: torch.device
 
@@ -57,14 +58,15 @@ def load_predictor(session: str | Path, device: str = "cpu") -> Predictor:
                    for t in summary["tasks"])
     max_length = model_max_length(settings["preset"], settings["model"], settings["max_length"])
     model, _ = build(settings["model"], settings["preset"], tuple(f.spec for f in fields),
-                     max_length, settings.get("dropout"))
+                     max_length, settings.get("dropout"), settings.get("hf_layer_blocks"))
     load_final_model(model, root)
     where = torch.device(device)
     model.to(where).eval()
     logger.info("%s: final model loaded (%s, tasks %s)", root,
                 settings["model"] or f"RedHeart {settings['preset']}",
                 ", ".join(f.name for f in fields))
-    return Predictor(model, fields, ByteTokenizer(max_length), settings["text_field"], where)
+    return Predictor(model, fields, make_tokenizer(settings["model"], max_length),
+                     settings["text_field"], where)
 
 
 def _decide(field: TaskField, out: torch.Tensor) -> list[dict[str, Any]]:

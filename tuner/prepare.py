@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import replace
 
 from model import ByteTokenizer
+from model.hf import is_hf
 from storage import Dataset, Session, load_embedded, load_file, read_json
 
 from .config import PipelineConfig
@@ -18,6 +20,17 @@ logger = logging.getLogger(__name__)
 
 
 def load_data(cfg: PipelineConfig) -> Dataset:
+    dataset = _load(cfg)
+    if is_hf(cfg.model) and len(dataset.fields) > 1:
+        # A sequence-classification model has one head: one task.
+        logger.warning("--model %s has one classification head: it trains the primary task %r "
+                       "and ignores %s", cfg.model, dataset.fields[0].name,
+                       ", ".join(repr(f.name) for f in dataset.fields[1:]))
+        dataset = replace(dataset, fields=dataset.fields[:1])
+    return dataset
+
+
+def _load(cfg: PipelineConfig) -> Dataset:
     if cfg.data is None:
         return load_embedded(cfg.max_samples, cfg.train.seed)
     return load_file(cfg.data, cfg.text_field, cfg.label_fields, kinds=dict(cfg.task_kinds),
@@ -110,13 +123,18 @@ def _given_splits(dataset: Dataset, cfg: PipelineConfig) -> tuple:
     return kept["train"], kept["val"], test, dup_stats, split_stats
 
 
-def log_truncation(dataset: Dataset, tokenizer: ByteTokenizer) -> None:
-    limit = tokenizer.max_length - 1  # one id is the CLS token
-    long = [len(r[dataset.text_field].encode("utf-8")) for r in dataset.records]
+def log_truncation(dataset: Dataset, tokenizer) -> None:
+    texts = [r[dataset.text_field] for r in dataset.records]
+    if isinstance(tokenizer, ByteTokenizer):
+        limit, unit = tokenizer.max_length - 1, "bytes"  # one id is the CLS token
+        long = [len(t.encode("utf-8")) for t in texts]
+    else:  # a model's own tokenizer: its ids, special tokens included
+        limit, unit = tokenizer.max_length, "tokens"
+        long = tokenizer.token_counts(texts)
     over = [n for n in long if n > limit]
     if over:
-        logger.info("%d of %d texts are longer than %d bytes and are truncated (longest %d bytes)",
-                    len(over), len(long), limit, max(over))
+        logger.info("%d of %d texts are longer than %d %s and are truncated (longest %d %s)",
+                    len(over), len(long), limit, unit, max(over), unit)
 
 
 __all__ = ["load_data", "log_truncation", "prepare_data"]
