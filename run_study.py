@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                                     f"base | 730m (byte transformers, for GPUs) {d(P, 'preset')}")
     m.add_argument("--model", help="your own model: package.module:factory, or hf:<folder> "
                                    "(a transformers model save_pretrained wrote)")
+    m.add_argument("--groups", dest="groups_file", metavar="FILE",
+                   help="TOML file of module groups (name = [parameter-name prefixes]) that "
+                        "replaces the model's own, for any model")
     m.add_argument("--hf-layer-blocks", type=int,
                    help="hf: models: the encoder layers in this many contiguous groups "
                         "(default: 4)")
@@ -256,7 +259,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     top = given(study="study", backup_dir="backup_dir", data="data", storage="storage",
                 text_field="text_field", max_samples="max_samples", preset="preset",
                 model="model", max_length="max_length", dropout="dropout",
-                hf_layer_blocks="hf_layer_blocks", val_ratio="val_ratio",
+                hf_layer_blocks="hf_layer_blocks", groups_file="groups_file",
+                val_ratio="val_ratio",
                 test_ratio="test_ratio", dedup_threshold="dedup_threshold",
                 conflict_policy="conflict_policy", selection_method="selection_method",
                 crossover_trials="crossover_trials", stop_after="stop_after",

@@ -7,8 +7,10 @@ parameter names.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -83,3 +85,30 @@ class GroupSpec:
         return {
             k: v for k, v in model.state_dict().items() if any(k.startswith(p) for p in prefixes)
         }
+
+
+def load_groups_file(path: str | Path) -> dict[str, tuple[str, ...]]:
+    """``--groups FILE``: a TOML table of group name -> list of parameter-name prefixes."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the groups file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    if not data:
+        raise ValueError(f"{path}: no groups; expected lines like  head = [\"classifier.\"]")
+    for name, prefixes in data.items():
+        if not (isinstance(prefixes, list) and prefixes
+                and all(isinstance(p, str) and p for p in prefixes)):
+            raise ValueError(f"{path}: group {name!r}: expected a non-empty list of parameter-name "
+                             f"prefixes, got {prefixes!r}")
+    return {name: tuple(prefixes) for name, prefixes in data.items()}
+
+
+def with_groups(spec: GroupSpec, groups: Mapping[str, tuple[str, ...]]) -> GroupSpec:
+    """``spec`` with other groups (its layers for LLRD kept); a group's own loss and
+    independence carry over where its name does."""
+    return replace(spec, groups=dict(groups),
+                   group_losses={g: v for g, v in spec.group_losses.items() if g in groups},
+                   independent=tuple(g for g in spec.independent if g in groups))

@@ -28,6 +28,7 @@ class PipelineConfig:
     max_length: int | None = None  # None: the preset's
     dropout: float | None = None  # None: the preset's (a --model factory sets its own)
     hf_layer_blocks: int | None = None  # hf: models: layers in this many groups (None: 4)
+    groups_file: str | None = None  # TOML: group -> parameter-name prefixes (any model)
     device: str = "cpu"
     storage: str | None = None  # None: sqlite:///<backup_dir>/<study>.db
     val_ratio: float = 0.1

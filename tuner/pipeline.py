@@ -19,6 +19,7 @@ import torch
 from optuna_dashboard import save_note
 
 from model import ByteTokenizer, GroupSpec, preset_config
+from model.groups import load_groups_file, with_groups
 from model.hf import is_hf, load_tokenizer, max_positions, save_pretrained_folder
 from model.plugin import build
 from storage import (
@@ -76,10 +77,19 @@ logger = logging.getLogger(__name__)
 
 def _build_fn(cfg: PipelineConfig, dataset: Dataset, max_length: int):
     """Model factory with fixed initial weights: every call returns the same model."""
+    groups = load_groups_file(cfg.groups_file) if cfg.groups_file else None
+
     def build_fn():
         torch.manual_seed(cfg.train.seed)
-        return build(cfg.model, cfg.preset, dataset.tasks, max_length, cfg.dropout,
-                     cfg.hf_layer_blocks)
+        model, spec = build(cfg.model, cfg.preset, dataset.tasks, max_length, cfg.dropout,
+                            cfg.hf_layer_blocks)
+        if groups is not None:
+            spec = with_groups(spec, groups)
+            try:
+                spec.partition(model)
+            except ValueError as e:
+                raise ValueError(f"--groups {cfg.groups_file}: {e}") from None
+        return model, spec
     return build_fn
 
 

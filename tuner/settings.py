@@ -78,6 +78,8 @@ def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
         flat["data.sha256"] = sha256_file(Path(cfg.data))
     if cfg.model is not None:
         flat["model.source_sha256"] = _model_source(cfg.model)
+    if cfg.groups_file is not None and Path(cfg.groups_file).is_file():
+        flat["groups.sha256"] = sha256_file(Path(cfg.groups_file))
     return flat
 
 
