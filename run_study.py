@@ -116,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--groups", dest="groups_file", metavar="FILE",
                    help="TOML file of module groups (name = [parameter-name prefixes]) that "
                         "replaces the model's own, for any model")
+    m.add_argument("--activation-checkpointing", action="store_true", default=None,
+                   help="recompute each transformer layer in backward instead of keeping its "
+                        "activations (same gradients, less memory, more compute)")
+    m.add_argument("--gpu-memory-gib", type=float,
+                   help="GPU memory budget the printed memory plan must fit (an 8 GB card: "
+                        "about 7.0); over it, activation checkpointing is switched on if that "
+                        "fits, else the run is refused")
     m.add_argument("--hf-layer-blocks", type=int,
                    help="hf: models: the encoder layers in this many contiguous groups "
                         "(default: 4)")
@@ -260,6 +267,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                 text_field="text_field", max_samples="max_samples", preset="preset",
                 model="model", max_length="max_length", dropout="dropout",
                 hf_layer_blocks="hf_layer_blocks", groups_file="groups_file",
+                activation_checkpointing="activation_checkpointing",
+                gpu_memory_gib="gpu_memory_gib",
                 val_ratio="val_ratio",
                 test_ratio="test_ratio", dedup_threshold="dedup_threshold",
                 conflict_policy="conflict_policy", selection_method="selection_method",

@@ -44,16 +44,25 @@ def load_factory(target: str) -> Factory:
 def build(
     target: str | None, preset: str, tasks: Sequence[TaskSpec], max_length: int,
     dropout: float | None = None, hf_layer_blocks: int | None = None,
+    activation_checkpointing: bool = False,
 ) -> tuple[nn.Module, GroupSpec]:
     """The reference model (``target=None``; ``dropout`` overrides the preset's), a
     Hugging Face folder (``hf:<folder>``, its layers in ``hf_layer_blocks`` groups, 4 by
     default) or the user's factory, checked."""
     if is_hf(target):
-        return build_hf(target, tasks, hf_layer_blocks or 4)
+        model, spec = build_hf(target, tasks, hf_layer_blocks or 4)
+        if activation_checkpointing:
+            model.hf.gradient_checkpointing_enable()
+        return model, spec
     if target is None:
         extra = {} if dropout is None else {"dropout": dropout}
+        if activation_checkpointing:
+            extra["activation_checkpointing"] = True
         model = build_model(preset, tasks, max_length=max_length, **extra)
         return model, model.group_spec
+    if activation_checkpointing:
+        raise ModelError(f"--activation-checkpointing: the --model factory {target!r} decides "
+                         "its own (wrap its layers in torch.utils.checkpoint)")
     result = load_factory(target)(tasks=tuple(tasks), max_length=max_length)
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)
             and isinstance(result[1], GroupSpec)):

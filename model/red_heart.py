@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .groups import GroupSpec
 from .tasks import EMBEDDED_TASKS, TaskSpec
@@ -54,6 +55,9 @@ class RedHeartConfig:
     ngram_orders: int = 3  # character n-grams of length 1..ngram_orders
     ngram_buckets: int = 2**16  # hash table rows of the backbone (row 0 = padding)
     adv_ngram_buckets: int = 2**14  # hash table rows of each advanced analyzer
+    # Keep only each transformer layer's input for backward and recompute the rest
+    # (torch.utils.checkpoint): activation memory of one layer instead of all of them.
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in _BACKBONES:
@@ -116,8 +120,10 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class _ByteEncoder(nn.Module):
     """Byte embedding + learned positions + pre-norm transformer; pooled output."""
 
-    def __init__(self, d: int, layers: int, heads: int, d_ff: int, max_length: int, dropout: float):
+    def __init__(self, d: int, layers: int, heads: int, d_ff: int, max_length: int, dropout: float,
+                 checkpointing: bool = False):
         super().__init__()
+        self.checkpointing = checkpointing
         self.embedding = nn.Embedding(VOCAB_SIZE, d, padding_idx=PAD_ID)
         self.position = nn.Parameter(torch.zeros(max_length, d))
         nn.init.normal_(self.position, std=0.02)
@@ -139,7 +145,14 @@ class _ByteEncoder(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (embedded (B, L, D), zero past the text, and pooled features (B, D))."""
         emb = self.embed(ids)
-        h = self.transformer_encoder(self.dropout(emb), src_key_padding_mask=~mask)
+        h = self.dropout(emb)
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            # The loop TransformerEncoder runs, one checkpoint per layer; the dropout RNG
+            # state is replayed on recompute, so gradients equal the plain run's.
+            for layer in self.transformer_encoder.layers:
+                h = checkpoint(layer, h, None, ~mask, use_reentrant=False)
+        else:
+            h = self.transformer_encoder(h, src_key_padding_mask=~mask)
         return emb * mask.unsqueeze(-1), _masked_mean(self.norm(h), mask)
 
 
@@ -283,7 +296,8 @@ class RedHeart(nn.Module):
         self.backbone = (
             _NgramEncoder(d, cfg.ngram_buckets, cfg.dropout)
             if cfg.backbone == "ngram"
-            else _ByteEncoder(d, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.max_length, cfg.dropout))
+            else _ByteEncoder(d, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.max_length, cfg.dropout,
+                              cfg.activation_checkpointing))
         self.heads = nn.ModuleDict({t.name: nn.Sequential(nn.Dropout(cfg.dropout),
                                                           nn.Linear(d, t.num_outputs))
                                     for t in tasks})
@@ -299,7 +313,7 @@ class RedHeart(nn.Module):
                     _NgramEncoder(cfg.adv_d_model, cfg.adv_ngram_buckets, cfg.dropout)
                     if cfg.backbone == "ngram"
                     else _ByteEncoder(cfg.adv_d_model, cfg.adv_layers, cfg.adv_heads, cfg.adv_d_ff,
-                                      cfg.max_length, cfg.dropout)),
+                                      cfg.max_length, cfg.dropout, cfg.activation_checkpointing)),
                 "out": nn.Linear(cfg.adv_d_model, t.num_outputs)})
             for t in tasks})
 

@@ -29,6 +29,10 @@ class PipelineConfig:
     dropout: float | None = None  # None: the preset's (a --model factory sets its own)
     hf_layer_blocks: int | None = None  # hf: models: layers in this many groups (None: 4)
     groups_file: str | None = None  # TOML: group -> parameter-name prefixes (any model)
+    # Recompute each transformer layer in backward instead of keeping its activations (the
+    # gradients are the same); None: off, unless --gpu-memory-gib needs it.
+    activation_checkpointing: bool | None = None
+    gpu_memory_gib: float | None = None  # the budget the memory plan must fit
     device: str = "cpu"
     storage: str | None = None  # None: sqlite:///<backup_dir>/<study>.db
     val_ratio: float = 0.1
@@ -60,6 +64,8 @@ class PipelineConfig:
         if self.dropout is not None and self.model is not None:
             raise ValueError(f"--dropout sets a preset's dropout; the --model factory "
                              f"{self.model!r} sets its own")
+        if self.gpu_memory_gib is not None and not self.gpu_memory_gib > 0:
+            raise ValueError(f"gpu_memory_gib must be > 0, got {self.gpu_memory_gib!r}")
         if self.hf_layer_blocks is not None and self.hf_layer_blocks < 1:
             raise ValueError(f"hf_layer_blocks must be >= 1, got {self.hf_layer_blocks!r}")
         if not 0 < self.val_ratio < 1:

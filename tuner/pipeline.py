@@ -21,6 +21,7 @@ from optuna_dashboard import save_note
 from model import ByteTokenizer, GroupSpec, preset_config
 from model.groups import load_groups_file, with_groups
 from model.hf import is_hf, load_tokenizer, max_positions, save_pretrained_folder
+from model.memory import GIB, TrainShape, plan_memory, plan_table
 from model.plugin import build
 from storage import (
     CheckpointError,
@@ -82,7 +83,7 @@ def _build_fn(cfg: PipelineConfig, dataset: Dataset, max_length: int):
     def build_fn():
         torch.manual_seed(cfg.train.seed)
         model, spec = build(cfg.model, cfg.preset, dataset.tasks, max_length, cfg.dropout,
-                            cfg.hf_layer_blocks)
+                            cfg.hf_layer_blocks, bool(cfg.activation_checkpointing))
         if groups is not None:
             spec = with_groups(spec, groups)
             try:
@@ -111,6 +112,55 @@ def make_tokenizer(model: str | None, max_length: int):
 
 def _model_max_length(cfg: PipelineConfig) -> int:
     return model_max_length(cfg.preset, cfg.model, cfg.max_length)
+
+
+def _shape(cfg: PipelineConfig, max_length: int, checkpointing: bool) -> TrainShape:
+    precision = cfg.train.precision
+    if not cfg.device.startswith("cuda"):
+        precision = "fp32"
+    elif precision == "auto":
+        precision = "bf16"
+    return TrainShape(cfg.train.batch_size, max_length, precision, cfg.train.r_drop > 0,
+                      cfg.train.ema_decay > 0, checkpointing)
+
+
+def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
+                max_length: int) -> tuple[PipelineConfig, dict]:
+    """The GPU memory plan of this run (``model.memory``), printed on CUDA or with a
+    budget. Over ``--gpu-memory-gib``: activation checkpointing is switched on when that
+    makes it fit (same gradients, about a third more compute); otherwise the run is refused
+    with the table and what to change."""
+    checkpointing = bool(cfg.activation_checkpointing)
+    parts = plan_memory(model, _shape(cfg, max_length, checkpointing))
+    budget = cfg.gpu_memory_gib
+    chosen = "as configured"
+    if budget is not None and parts["total"] > budget * GIB and not checkpointing:
+        recomputed = plan_memory(model, _shape(cfg, max_length, True))
+        if recomputed["total"] > budget * GIB:
+            parts = recomputed  # the smallest plan there is: the one to show when refusing
+        else:
+            logger.warning("memory plan: %.2f GiB does not fit --gpu-memory-gib %.2f; activation "
+                           "checkpointing brings it to %.2f GiB (same gradients, each layer's "
+                           "forward runs twice): switched on", parts["total"] / GIB, budget,
+                           recomputed["total"] / GIB)
+            cfg, parts, chosen = (replace(cfg, activation_checkpointing=True), recomputed,
+                                  "activation checkpointing, the fastest option that fits")
+    if budget is not None and parts["total"] > budget * GIB:
+        chosen = "with activation checkpointing"
+    table = plan_table(parts, budget)
+    if budget is not None or cfg.device.startswith("cuda"):
+        logger.info("GPU memory plan (%s, batch %d x %d tokens, %s):\n%s", chosen,
+                    cfg.train.batch_size, max_length, _shape(cfg, max_length, False).precision,
+                    "\n".join(table))
+    if budget is not None and parts["total"] > budget * GIB:
+        raise ValueError(
+            "the memory plan does not fit --gpu-memory-gib {:.2f}, even with activation "
+            "checkpointing:\n{}\nLower --batch-size or --max-length, switch off R-Drop "
+            "(--r-drop 0) or the EMA (--ema-decay 0), or pick a smaller --preset; bf16 weights "
+            "with a low-bit optimizer or an offloaded optimizer are not available in this "
+            "version".format(budget, "\n".join(table)))
+    return cfg, {"components_bytes": parts, "budget_gib": budget, "chosen": chosen,
+                 "activation_checkpointing": bool(cfg.activation_checkpointing)}
 
 
 def group_summary(model: torch.nn.Module, spec: GroupSpec) -> dict[str, dict]:
@@ -158,6 +208,9 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     max_length = _model_max_length(cfg)
     build_fn = _build_fn(cfg, dataset, max_length)
     model, spec = build_fn()  # a bad --model or preset fails here, before any trial starts
+    cfg, memory = memory_plan(cfg, model, max_length)
+    if cfg.activation_checkpointing:
+        build_fn = _build_fn(cfg, dataset, max_length)
     logger.info("model: %s with %d parameters", cfg.model or f"RedHeart {cfg.preset}",
                 sum(p.numel() for p in model.parameters()))
     groups = group_summary(model, spec)
@@ -168,6 +221,7 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     session = Session.create(cfg.backup_dir, cfg.study)
     settings = check_settings(session, cfg)  # refuses a rerun with other settings
     session.write_json("model_groups.json", groups)
+    session.write_json("memory_plan.json", memory)
     url = storage_url(cfg)
     storage = create_storage(url, heartbeat_interval=cfg.heartbeat_interval,
                              grace_period=cfg.grace_period)

@@ -1,0 +1,44 @@
+"""The memory plan at the start of a run: written to the session, switched to activation
+checkpointing when only that fits --gpu-memory-gib, refused with the table otherwise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from _runs import ROOT
+
+from model import build_model
+from model.memory import GIB, TrainShape, plan_memory
+
+
+def _run(tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_study.py"), "--smoke", "--preset",
+                           "tiny", "--stop-after", "0", "--backup-dir", str(tmp_path), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _totals() -> tuple[float, float]:
+    model = build_model("tiny", device="meta")  # the smoke run: batch 64 x 48 bytes, fp32 on CPU
+    return tuple(plan_memory(model, TrainShape(64, 48, "fp32", activation_checkpointing=c))[
+        "total"] / GIB for c in (False, True))
+
+
+def test_a_budget_only_checkpointing_fits_switches_it_on_and_says_why(tmp_path):
+    plain, checkpointed = _totals()
+    out = _run(tmp_path, "--gpu-memory-gib", f"{(plain + checkpointed) / 2:.4f}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "activation checkpointing brings it to" in out.stderr and "switched on" in out.stderr
+    assert "| **total** |" in out.stderr  # the table, printed at start
+    plan = json.loads((tmp_path / "redheart" / "memory_plan.json").read_text())
+    assert plan["activation_checkpointing"] is True
+    assert plan["components_bytes"]["total"] / GIB <= (plain + checkpointed) / 2
+
+
+def test_a_budget_nothing_fits_is_refused_with_the_table_and_what_to_change(tmp_path):
+    out = _run(tmp_path, "--gpu-memory-gib", "0.01")
+    assert out.returncode == 2
+    assert "does not fit --gpu-memory-gib 0.01, even with activation checkpointing" in out.stderr
+    assert "| optimizer state |" in out.stderr and "Lower --batch-size" in out.stderr
+    assert "Traceback" not in out.stderr
