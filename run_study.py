@@ -96,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="splits a multi-label cell of a CSV/TSV (e.g. '|'); JSON lists in "
                          "cells need none")
     dg.add_argument("--max-samples", type=int,
-                    help=f"seeded sample size (of train, for a folder of splits) "
-                         f"{d(P, 'max_samples')}")
+                    help=f"seeded sample size {d(P, 'max_samples')}; of the train file for a "
+                         "folder of splits")
     dg.add_argument("--val-ratio", type=float, help=d(P, "val_ratio"))
     dg.add_argument("--test-ratio", type=float,
                     help="held-out test split no selection sees; 0 = the strategy's two-way "
@@ -142,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
                         f"{d(S, 'extend_grid')}")
     t.add_argument("--sweep-epochs", type=int, help=f"epochs per LR {d(S, 'epochs')}")
     t.add_argument("--epochs", type=int, help=f"long-run epochs {d(L, 'epochs')}")
+    t.add_argument("--checkpoint-dtype", choices=("fp32", "bf16", "fp16"),
+                   help="width of the group weights in modular checkpoints (the resume state "
+                        "keeps full precision) (default: fp32)")
     t.add_argument("--checkpoint-every", type=int,
                    help=f"epochs between modular checkpoints {d(L, 'checkpoint_every')}")
     t.add_argument("--batch-size", type=int, help=d(T, "batch_size"))
@@ -291,7 +294,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         top["wait"] = False
     return PipelineConfig(
         **top, train=train, sweep=SweepConfig(**sweep),
-        long_run=LongRunConfig(**given(epochs="epochs", checkpoint_every="checkpoint_every")),
+        long_run=LongRunConfig(**given(epochs="epochs", checkpoint_every="checkpoint_every",
+                                       checkpoint_dtype="checkpoint_dtype")),
         overfit=OverfitConfig(**given(decide_by="overfit_criterion")))
 
 

@@ -134,13 +134,22 @@ def plan_table(parts: dict[str, int], budget_gib: float | None = None) -> list[s
     return lines
 
 
-def checkpoint_disk_bytes(model: nn.Module, checkpoints: int, with_ema: bool,
-                          dtype_bytes: int = 4) -> int:
-    """Disk for ``checkpoints`` modular checkpoints of the model's weights (and the EMA)."""
-    weights = sum(p.numel() for p in model.state_dict().values()) * dtype_bytes
-    return checkpoints * weights * (2 if with_ema else 1)
+def disk_plan(model: nn.Module, checkpoints: int, dtype_bytes: int = 4,
+              ema: bool = True, resume_states: int = 2) -> dict[str, int]:
+    """Disk bytes of a long run: ``checkpoints`` modular checkpoints of the weights at
+    ``dtype_bytes`` per value, the EMA once (in the last one, at the same width), and the
+    kept resume states at full precision (weights, AdamW's two moments, the EMA)."""
+    values = sum(v.numel() for v in model.state_dict().values())
+    full = tensor_bytes(model.state_dict().values())
+    params = [p for p in model.parameters() if p.requires_grad]
+    parts = {"checkpoints": checkpoints * values * dtype_bytes,
+             "ema": values * dtype_bytes if ema else 0,
+             "resume_states": resume_states * (full + adamw_state_bytes(params)
+                                               + (full if ema else 0))}
+    parts["total"] = sum(parts.values())
+    return parts
 
 
 __all__ = ["GIB", "Encoder", "TrainShape", "activation_bytes", "adamw_state_bytes",
-           "checkpoint_disk_bytes", "encoders_of", "layer_activation_bytes", "plan_memory",
+           "disk_plan", "encoders_of", "layer_activation_bytes", "plan_memory",
            "plan_table", "tensor_bytes"]

@@ -1,7 +1,7 @@
 """Modular checkpoints and the rolling resume state, in safetensors (never pickle).
 
 checkpoints/epoch_002/<group>.safetensors   one file per module group (params + buffers)
-checkpoints/epoch_002/ema.safetensors       the EMA weights
+checkpoints/epoch_002/ema.safetensors       the EMA weights (last checkpoint only)
 checkpoints/epoch_002/manifest.json         epoch, metrics, sha256 and bytes per file (last)
 checkpoints/resume/state_epoch_XXX.safetensors + state.json   what resuming needs
 
@@ -70,18 +70,23 @@ def save_checkpoint(
     spec: GroupSpec,
     metrics: Mapping[str, Any],
     ema_state: Mapping[str, torch.Tensor] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
-    """Write one modular checkpoint; returns its manifest."""
+    """Write one modular checkpoint; returns its manifest. ``dtype`` (bf16 or fp16)
+    stores floating-point tensors at that width (``load_tensors(..., upcast=True)`` reads
+    them back as float32)."""
     folder = checkpoint_dir(root, epoch)
-    state = model.state_dict()
+    state = _narrow(model.state_dict(), dtype)
     files: dict[str, Any] = {}
     for group, names in spec.partition(model).items():
         files[f"{group}.safetensors"] = {
             "group": group, **_write_tensors(folder / f"{group}.safetensors",
                                              {k: state[k] for k in names})}
     if ema_state is not None:
-        files[EMA_FILE] = {"group": "ema", **_write_tensors(folder / EMA_FILE, ema_state)}
-    manifest = {"epoch": epoch, "metrics": dict(metrics), "files": files}
+        files[EMA_FILE] = {"group": "ema",
+                           **_write_tensors(folder / EMA_FILE, _narrow(ema_state, dtype))}
+    manifest = {"epoch": epoch, "metrics": dict(metrics), "files": files,
+                "dtype": str(dtype or torch.float32).removeprefix("torch.")}
     write_json(folder / MANIFEST, manifest)
     return manifest
 
@@ -130,10 +135,22 @@ def list_checkpoints(root: Path) -> list[int]:
     return out
 
 
-def load_tensors(path: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Read tensors lazily with safe_open: only ``keys`` (default all) are read."""
+def load_tensors(path: Path, keys: list[str] | None = None,
+                 upcast: bool = False) -> dict[str, torch.Tensor]:
+    """Read tensors lazily with safe_open: only ``keys`` (default all) are read;
+    ``upcast``: 16-bit floating tensors (a ``dtype`` checkpoint) come back as float32."""
     with safe_open(str(path), framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in (keys if keys is not None else fh.keys())}
+        out = {k: fh.get_tensor(k) for k in (keys if keys is not None else fh.keys())}
+    if upcast:
+        out = {k: v.float() if v.dtype in (torch.bfloat16, torch.float16) else v
+               for k, v in out.items()}
+    return out
+
+
+def _narrow(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    if dtype is None:
+        return dict(state)
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
 # ----------------------------------------------------------------------------- resume state

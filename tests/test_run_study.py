@@ -261,3 +261,12 @@ def test_an_edge_optimum_extends_the_grid_and_the_report_says_so(tmp_path):
     # A rerun re-derives the same extension from the study and runs nothing again.
     assert _run(*args).returncode == 0
     assert len(optuna.load_study(study_name="g-lr-sweep", storage=storage).trials) == 4
+
+
+def test_only_the_last_checkpoint_stores_the_ema_that_phase_4_reads(unbroken_smoke):
+    root = unbroken_smoke["backup"] / "c" / "checkpoints"
+    assert not (root / "epoch_002" / "ema.safetensors").exists()
+    assert (root / "epoch_004" / "ema.safetensors").is_file()  # --smoke: 4 epochs
+    rows = {r["candidate"] for r in json.loads(
+        (unbroken_smoke["backup"] / "c" / "final_results.json").read_text())["test_table"]}
+    assert "ema" in rows

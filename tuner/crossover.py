@@ -51,7 +51,7 @@ def assemble_state(root: Path, recipe: Mapping[str, int], spec: GroupSpec) -> di
         raise ValueError(f"the recipe names unknown groups {sorted(unknown)!r}")
     state: dict[str, torch.Tensor] = {}
     for group, epoch in recipe.items():
-        state.update(load_tensors(_verified_group_file(root, epoch, group)))
+        state.update(load_tensors(_verified_group_file(root, epoch, group), upcast=True))
     return state
 
 

@@ -123,7 +123,8 @@ def build_candidates(root: Path, spec: GroupSpec, history: Sequence[Mapping[str,
     ema = checkpoint_dir(root, last) / EMA_FILE
     if ema.is_file():
         out.append(Candidate("ema", {"ema_of_epoch": last},
-                             state=lambda: load_tensors(verify_file(ema.parent, ema.name))))
+                             state=lambda: load_tensors(verify_file(ema.parent, ema.name),
+                                                        upcast=True)))
     out += [
         Candidate("sweet_spot_crossover", {"recipe": dict(sweet)},
                   state=lambda: assemble_state(root, sweet, spec)),

@@ -63,12 +63,21 @@ from .lr_sweep import epoch_attr
 logger = logging.getLogger(__name__)
 
 
+CHECKPOINT_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class LongRunConfig:
     epochs: int = 60
     checkpoint_every: int = 2
+    # Group weights in the modular checkpoints at this width (None: fp32); the resume
+    # state always keeps full precision.
+    checkpoint_dtype: str | None = None
 
     def __post_init__(self) -> None:
+        if self.checkpoint_dtype is not None and self.checkpoint_dtype not in CHECKPOINT_DTYPES:
+            raise ValueError(f"checkpoint_dtype must be fp32, bf16 or fp16, got "
+                             f"{self.checkpoint_dtype!r}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs!r}")
         if self.checkpoint_every < 1:
@@ -321,13 +330,16 @@ def _resume(engine: Any, folder: Path, lr: float, trial: optuna.Trial) -> tuple[
 def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metrics: dict,
                       history: list[dict], cfg: LongRunConfig, checkpoints: list[int],
                       session: Session) -> None:
+    # The EMA is read from the last checkpoint only (the "ema" candidate of phase 4): the
+    # other checkpoints do not store it, which halves their size (the resume state has it).
     ema = None
-    if engine.ema is not None:
+    if engine.ema is not None and epoch + cfg.checkpoint_every > cfg.epochs:
         ema = dict(engine.ema.module.state_dict())
     basic = {k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc",
                                      "overfit_gap")}
     basic["val_module_loss"] = metrics["val_module_loss"]
-    save_checkpoint(root, epoch, engine.model, spec, basic, ema)
+    save_checkpoint(root, epoch, engine.model, spec, basic, ema,
+                    CHECKPOINT_DTYPES[cfg.checkpoint_dtype or "fp32"])
     if epoch not in checkpoints:
         checkpoints.append(epoch)
     session.write_json(f"checkpoints/metrics_epoch_{epoch:03d}.json",

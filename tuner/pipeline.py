@@ -21,7 +21,7 @@ from optuna_dashboard import save_note
 from model import ByteTokenizer, GroupSpec, preset_config
 from model.groups import load_groups_file, with_groups
 from model.hf import is_hf, load_tokenizer, max_positions, save_pretrained_folder
-from model.memory import GIB, TrainShape, plan_memory, plan_table
+from model.memory import GIB, TrainShape, disk_plan, plan_memory, plan_table
 from model.plugin import build
 from storage import (
     CheckpointError,
@@ -159,8 +159,17 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
             "(--r-drop 0) or the EMA (--ema-decay 0), or pick a smaller --preset; bf16 weights "
             "with a low-bit optimizer or an offloaded optimizer are not available in this "
             "version".format(budget, "\n".join(table)))
+    width = {"bf16": 2, "fp16": 2}.get(cfg.long_run.checkpoint_dtype or "fp32", 4)
+    disk = disk_plan(model, cfg.long_run.epochs // cfg.long_run.checkpoint_every, width,
+                     cfg.train.ema_decay > 0)
+    logger.info("disk plan of the long run: %.2f GiB (%d checkpoints at %s: %.2f GiB, the EMA "
+                "once: %.2f GiB, 2 resume states: %.2f GiB)", disk["total"] / GIB,
+                cfg.long_run.epochs // cfg.long_run.checkpoint_every,
+                cfg.long_run.checkpoint_dtype or "fp32", disk["checkpoints"] / GIB,
+                disk["ema"] / GIB, disk["resume_states"] / GIB)
     return cfg, {"components_bytes": parts, "budget_gib": budget, "chosen": chosen,
-                 "activation_checkpointing": bool(cfg.activation_checkpointing)}
+                 "activation_checkpointing": bool(cfg.activation_checkpointing),
+                 "disk_bytes": disk}
 
 
 def group_summary(model: torch.nn.Module, spec: GroupSpec) -> dict[str, dict]:
@@ -220,8 +229,6 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     del model
     session = Session.create(cfg.backup_dir, cfg.study)
     settings = check_settings(session, cfg)  # refuses a rerun with other settings
-    session.write_json("model_groups.json", groups)
-    session.write_json("memory_plan.json", memory)
     url = storage_url(cfg)
     storage = create_storage(url, heartbeat_interval=cfg.heartbeat_interval,
                              grace_period=cfg.grace_period)
@@ -233,6 +240,8 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     # -- phase 0: data quality
     crash_point("phase:0")
     splits = prepare_data(dataset, cfg, session)
+    session.write_json("model_groups.json", groups)  # after the input checks of phase 0
+    session.write_json("memory_plan.json", memory)
     tokenizer = make_tokenizer(cfg.model, max_length)
     train, val = (dataset.encode(splits[k], tokenizer) for k in ("train", "val"))
     log_truncation(dataset, tokenizer)

@@ -90,3 +90,15 @@ def test_activation_checkpointing_gives_the_gradients_of_the_plain_run():
     assert plain.keys() == recomputed.keys()
     for name in plain:
         assert torch.equal(plain[name], recomputed[name]), name
+
+
+def test_the_730m_disk_plan_halves_checkpoints_in_bf16_and_stores_the_ema_once():
+    from model.memory import disk_plan
+
+    model = build_model("730m", device="meta")
+    fp32, bf16 = disk_plan(model, 30, 4), disk_plan(model, 30, 2)
+    gb = 1e9
+    assert 87 < fp32["checkpoints"] / gb < 90  # the "about 88 GB"
+    assert bf16["checkpoints"] == fp32["checkpoints"] // 2
+    assert fp32["ema"] == fp32["checkpoints"] // 30  # once, not in each of the 30
+    assert bf16["resume_states"] == fp32["resume_states"]  # resume keeps full precision

@@ -146,3 +146,22 @@ def test_no_intact_resume_state_is_an_error_naming_each_file(tmp_path, embedded_
     with pytest.raises(CheckpointError, match="no intact resume state") as e:
         read_resume(tmp_path)
     assert "state_epoch_003" in str(e.value) and "state_epoch_002" in str(e.value)
+
+
+def test_a_bf16_checkpoint_halves_the_group_files_and_loads_back_as_float32(tmp_path):
+    from model import build_model
+    from storage.checkpoints import load_tensors, save_checkpoint
+
+    model = build_model("tiny")
+    spec = model.group_spec
+    full = save_checkpoint(tmp_path / "a", 2, model, spec, {"epoch": 2})
+    half = save_checkpoint(tmp_path / "b", 2, model, spec, {"epoch": 2}, dtype=torch.bfloat16)
+    assert (full["dtype"], half["dtype"]) == ("float32", "bfloat16")
+    for name, info in full["files"].items():
+        assert half["files"][name]["bytes"] < 0.55 * info["bytes"], name
+    group = next(iter(spec.groups))
+    back = load_tensors(tmp_path / "b" / "epoch_002" / f"{group}.safetensors", upcast=True)
+    state = model.state_dict()
+    for key, value in back.items():
+        assert value.dtype == state[key].dtype
+        assert torch.allclose(value, state[key], rtol=2**-8, atol=1e-30), key
