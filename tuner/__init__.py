@@ -10,6 +10,7 @@ from .data_quality import (
     remove_near_duplicates,
     stratified_split,
 )
+from .distributed import Launch, launch_from_env
 from .ensembles import average_states, evaluate_ensemble, greedy_soup, variant_recipes
 from .final import Candidate, build_candidates, build_test_table, load_final_model, write_final_model
 from .long_run import LongRunConfig, run_long_run
@@ -24,6 +25,7 @@ from .lr_sweep import (
     sweep_outcome,
 )
 from .pipeline import PipelineConfig, prepare_data, run
+from .predict import Predictor, load_predictor, predict
 from .pruning import PruneRule, SweepPruner, prune_reason
 from .report import run_summary, write_report
 from .selection import (
@@ -48,9 +50,11 @@ __all__ = [
     "BootstrapConfig",
     "Candidate",
     "IncompatibleSession",
+    "Launch",
     "LongRunConfig",
     "OverfitConfig",
     "PipelineConfig",
+    "Predictor",
     "PruneRule",
     "ResumableTPESampler",
     "RunContext",
@@ -74,12 +78,15 @@ __all__ = [
     "grid_edge",
     "grid_verdict",
     "ks_statistic",
+    "launch_from_env",
     "linear_baseline",
     "load_crossover",
     "load_final_model",
+    "load_predictor",
     "majority_class",
     "next_lr_beyond",
     "open_sweep_study",
+    "predict",
     "prepare_data",
     "prune_reason",
     "publish",
