@@ -1,0 +1,19 @@
+"""bench/gpu.py runs end to end in its CPU dry-run mode (the GPU run needs a lent machine)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from _runs import ROOT
+
+
+def test_the_gpu_bench_dry_run_reports_every_section():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu",
+                          "--big", "tiny", "--length", "32", "--accum", "2", "--steps", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert text.count("state round trip identical") == 2
+    assert "| plain AdamW | yes |" in text and "| activation checkpointing | yes |" in text
+    assert "4. projected long run (60 epochs x 10,000 rows" in text
