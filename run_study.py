@@ -153,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--label-smoothing", type=float, help=d(T, "label_smoothing"))
     t.add_argument("--r-drop", type=float, help=f"R-Drop lambda; 0 = off {d(T, 'r_drop')}")
     t.add_argument("--ema-decay", type=float, help=f"0 = no EMA {d(T, 'ema_decay')}")
+    t.add_argument("--ema-device", choices=("cpu",),
+                   help="keep the EMA copy on the CPU instead of beside the model (GPU memory)")
     t.add_argument("--llrd-decay", type=float,
                    help=f"1 = no layer-wise LR decay {d(T, 'llrd_decay')}")
     t.add_argument("--precision", help=f"auto | fp32 | bf16 | fp16 {d(T, 'precision')}")
@@ -260,7 +262,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
     train = TrainConfig(**given(batch_size="batch_size", grad_accum="grad_accum",
                                 label_smoothing="label_smoothing", r_drop="r_drop",
-                                ema_decay="ema_decay", llrd_decay="llrd_decay",
+                                ema_decay="ema_decay", ema_device="ema_device",
+                                llrd_decay="llrd_decay",
                                 precision="precision", seed="seed"),
                         progress=not args.no_progress)
     sweep = given(epochs="sweep_epochs", extend_grid="extend_grid")

@@ -59,12 +59,14 @@ def split_outputs(outputs: Outputs, rows: int) -> tuple[dict, dict]:
     return a, b
 
 
-def build_ema(model: nn.Module, decay: float) -> AveragedModel:
+def build_ema(model: nn.Module, decay: float, device: str | None = None) -> AveragedModel:
     """EMA copy of ``model``: ema <- decay * ema + (1 - decay) * param on every
-    ``update_parameters`` call; the first call copies the weights."""
+    ``update_parameters`` call; the first call copies the weights. ``device`` ("cpu")
+    keeps the copy there instead of beside the model."""
     if not 0.0 < decay < 1.0:
         raise ValueError(f"EMA decay must be in (0, 1), got {decay!r}")
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay),
+                         use_buffers=True)
 
 
 def llrd_param_groups(

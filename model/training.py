@@ -49,6 +49,9 @@ class TrainConfig:
     label_smoothing: float = 0.05
     r_drop: float = 1.0  # R-Drop lambda; 0 turns it off
     ema_decay: float = 0.999  # 0 turns EMA off
+    # Where the EMA copy lives: None, the model's device; "cpu" keeps it off the GPU
+    # (AveragedModel copies the weights over after each optimizer step).
+    ema_device: str | None = None
     llrd_decay: float = 0.9  # 1 turns LLRD off (every layer at the base LR)
     analyzer_lr_scale: float = 0.7
     aux_weight: float = 1.0
@@ -74,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"r_drop must be >= 0, got {self.r_drop!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.ema_device not in (None, "cpu"):
+            raise ValueError(f"ema_device must be None or 'cpu', got {self.ema_device!r}")
         if not 0.0 < self.llrd_decay <= 1.0:
             raise ValueError(f"llrd_decay must be in (0, 1], got {self.llrd_decay!r}")
         if self.analyzer_lr_scale <= 0:
@@ -237,7 +242,8 @@ def build_engine(
     amp_dtype = _resolve_precision(config.precision, device)
     # Disabled, every scaler call passes through: one code path for fp16 and the rest.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = build_ema(model, config.ema_decay) if config.ema_decay > 0 else None
+    ema = (build_ema(model, config.ema_decay, config.ema_device)
+           if config.ema_decay > 0 else None)
     return Engine(model, tuple(tasks), config, optimizer, scheduler, device, amp_dtype, scaler, ema,
                   spec)
 

@@ -39,6 +39,20 @@ def test_a_budget_only_checkpointing_fits_switches_it_on_and_says_why(tmp_path):
 def test_a_budget_nothing_fits_is_refused_with_the_table_and_what_to_change(tmp_path):
     out = _run(tmp_path, "--gpu-memory-gib", "0.01")
     assert out.returncode == 2
-    assert "does not fit --gpu-memory-gib 0.01, even with activation checkpointing" in out.stderr
+    assert "does not fit --gpu-memory-gib 0.01, even with activation checkpointing and the EMA " \
+           "on the CPU" in out.stderr
     assert "| optimizer state |" in out.stderr and "Lower --batch-size" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_when_only_both_options_fit_both_are_switched_on(tmp_path):
+    model = build_model("tiny", device="meta")
+    checkpointed = plan_memory(model, TrainShape(64, 48, "fp32", activation_checkpointing=True))
+    both = plan_memory(model, TrainShape(64, 48, "fp32", ema_on_gpu=False,
+                                         activation_checkpointing=True))
+    budget = (checkpointed["total"] + both["total"]) / 2 / GIB
+    out = _run(tmp_path, "--gpu-memory-gib", f"{budget:.9f}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "activation checkpointing and the EMA on the CPU brings it to" in out.stderr
+    plan = json.loads((tmp_path / "redheart" / "memory_plan.json").read_text())
+    assert plan["activation_checkpointing"] is True and plan["ema_device"] == "cpu"

@@ -114,51 +114,68 @@ def _model_max_length(cfg: PipelineConfig) -> int:
     return model_max_length(cfg.preset, cfg.model, cfg.max_length)
 
 
-def _shape(cfg: PipelineConfig, max_length: int, checkpointing: bool) -> TrainShape:
+def _shape(cfg: PipelineConfig, max_length: int) -> TrainShape:
     precision = cfg.train.precision
     if not cfg.device.startswith("cuda"):
         precision = "fp32"
     elif precision == "auto":
         precision = "bf16"
     return TrainShape(cfg.train.batch_size, max_length, precision, cfg.train.r_drop > 0,
-                      cfg.train.ema_decay > 0, checkpointing)
+                      cfg.train.ema_decay > 0 and cfg.train.ema_device != "cpu",
+                      bool(cfg.activation_checkpointing))
+
+
+# What --gpu-memory-gib may switch on, in this order (the first that fits is taken).
+# Without a GPU measurement the order is an estimate of step time: activation
+# checkpointing adds about a third of the compute, the CPU EMA one host copy of the
+# weights per optimizer step; both together cost both.
+_FIT_OPTIONS = (
+    ("activation checkpointing", {"activation_checkpointing": True}, {}),
+    ("the EMA kept on the CPU", {}, {"ema_device": "cpu"}),
+    ("activation checkpointing and the EMA on the CPU", {"activation_checkpointing": True},
+     {"ema_device": "cpu"}),
+)
 
 
 def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
                 max_length: int) -> tuple[PipelineConfig, dict]:
     """The GPU memory plan of this run (``model.memory``), printed on CUDA or with a
-    budget. Over ``--gpu-memory-gib``: activation checkpointing is switched on when that
-    makes it fit (same gradients, about a third more compute); otherwise the run is refused
-    with the table and what to change."""
-    checkpointing = bool(cfg.activation_checkpointing)
-    parts = plan_memory(model, _shape(cfg, max_length, checkpointing))
+    budget. Over ``--gpu-memory-gib``: the first of ``_FIT_OPTIONS`` that makes it fit is
+    switched on (neither changes the gradients); otherwise the run is refused with the
+    smallest plan's table and what to change."""
+    parts = plan_memory(model, _shape(cfg, max_length))
     budget = cfg.gpu_memory_gib
     chosen = "as configured"
-    if budget is not None and parts["total"] > budget * GIB and not checkpointing:
-        recomputed = plan_memory(model, _shape(cfg, max_length, True))
-        if recomputed["total"] > budget * GIB:
-            parts = recomputed  # the smallest plan there is: the one to show when refusing
-        else:
-            logger.warning("memory plan: %.2f GiB does not fit --gpu-memory-gib %.2f; activation "
-                           "checkpointing brings it to %.2f GiB (same gradients, each layer's "
-                           "forward runs twice): switched on", parts["total"] / GIB, budget,
-                           recomputed["total"] / GIB)
-            cfg, parts, chosen = (replace(cfg, activation_checkpointing=True), recomputed,
-                                  "activation checkpointing, the fastest option that fits")
     if budget is not None and parts["total"] > budget * GIB:
-        chosen = "with activation checkpointing"
+        smallest = parts
+        for label, top, train in _FIT_OPTIONS:
+            if train and cfg.train.ema_decay == 0:
+                continue
+            option = replace(cfg, **top, train=replace(cfg.train, **train))
+            if option == cfg:
+                continue
+            planned = plan_memory(model, _shape(option, max_length))
+            smallest = min(smallest, planned, key=lambda p: p["total"])
+            if planned["total"] <= budget * GIB:
+                logger.warning("memory plan: %.2f GiB does not fit --gpu-memory-gib %.2f; %s "
+                               "brings it to %.2f GiB (the gradients stay the same): switched on",
+                               parts["total"] / GIB, budget, label, planned["total"] / GIB)
+                cfg, parts, chosen = option, planned, f"{label}, the first option that fits"
+                break
+        else:
+            parts, chosen = smallest, "the smallest plan this version can make"
     table = plan_table(parts, budget)
     if budget is not None or cfg.device.startswith("cuda"):
         logger.info("GPU memory plan (%s, batch %d x %d tokens, %s):\n%s", chosen,
-                    cfg.train.batch_size, max_length, _shape(cfg, max_length, False).precision,
+                    cfg.train.batch_size, max_length, _shape(cfg, max_length).precision,
                     "\n".join(table))
     if budget is not None and parts["total"] > budget * GIB:
         raise ValueError(
             "the memory plan does not fit --gpu-memory-gib {:.2f}, even with activation "
-            "checkpointing:\n{}\nLower --batch-size or --max-length, switch off R-Drop "
-            "(--r-drop 0) or the EMA (--ema-decay 0), or pick a smaller --preset; bf16 weights "
-            "with a low-bit optimizer or an offloaded optimizer are not available in this "
-            "version".format(budget, "\n".join(table)))
+            "checkpointing and the EMA on the CPU:\n{}\nLower --batch-size or --max-length, "
+            "switch off R-Drop (--r-drop 0) or the EMA (--ema-decay 0), or pick a smaller "
+            "--preset; bf16 weights with a low-bit optimizer or an offloaded optimizer are not "
+            "available in this version".format(budget, "\n".join(table)))
     width = {"bf16": 2, "fp16": 2}.get(cfg.long_run.checkpoint_dtype or "fp32", 4)
     disk = disk_plan(model, cfg.long_run.epochs // cfg.long_run.checkpoint_every, width,
                      cfg.train.ema_decay > 0)
@@ -169,7 +186,7 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
                 disk["ema"] / GIB, disk["resume_states"] / GIB)
     return cfg, {"components_bytes": parts, "budget_gib": budget, "chosen": chosen,
                  "activation_checkpointing": bool(cfg.activation_checkpointing),
-                 "disk_bytes": disk}
+                 "ema_device": cfg.train.ema_device or "with the model", "disk_bytes": disk}
 
 
 def group_summary(model: torch.nn.Module, spec: GroupSpec) -> dict[str, dict]:

@@ -30,7 +30,7 @@ SETTINGS_ATTR = "settings"
 
 # Settings a rerun may change: they decide how much runs and what is shown, not results.
 MAY_CHANGE = ("crossover_trials", "stop_after", "train.progress", "wait", "heartbeat_interval",
-              "grace_period", "activation_checkpointing", "gpu_memory_gib")
+              "grace_period", "activation_checkpointing", "gpu_memory_gib", "train.ema_device")
 # Settings recorded by earlier versions that no longer exist: not a difference.
 _RETIRED = ("stale_after_s",)
 # Flags that name the study rather than shape it (another value is another study).

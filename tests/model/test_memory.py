@@ -102,3 +102,16 @@ def test_the_730m_disk_plan_halves_checkpoints_in_bf16_and_stores_the_ema_once()
     assert bf16["checkpoints"] == fp32["checkpoints"] // 2
     assert fp32["ema"] == fp32["checkpoints"] // 30  # once, not in each of the 30
     assert bf16["resume_states"] == fp32["resume_states"]  # resume keeps full precision
+
+
+def test_an_ema_kept_on_the_cpu_is_left_out_of_the_gpu_plan_and_trains():
+    model = build_model("tiny")
+    cfg = TrainConfig(batch_size=8, epochs=1, progress=False, ema_decay=0.9, ema_device="cpu")
+    engine = build_engine(model, model.group_spec, model.tasks, cfg, 1)
+    train_one_epoch(engine, _data(), 1)
+    assert {p.device.type for p in engine.ema.parameters()} == {"cpu"}
+    meta = build_model("tiny", device="meta")
+    on, off = (plan_memory(meta, TrainShape(8, 16, "fp32", ema_on_gpu=g)) for g in (True, False))
+    assert off["ema"] == 0 and on["ema"] == tensor_bytes(meta.state_dict().values())
+    with pytest.raises(ValueError, match="got 'cuda'"):
+        TrainConfig(ema_device="cuda")
