@@ -17,12 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import ByteTokenizer
-from model.plugin import build
 from storage import load_embedded, read_json
-from storage.datasets import Dataset, TaskField
+from storage.datasets import Dataset
 from tuner.crossover import assemble_state, evaluate_state
-from tuner.pipeline import model_max_length
+from tuner.predict import load_predictor
 
 
 def main() -> None:
@@ -31,17 +29,15 @@ def main() -> None:
     p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     args = p.parse_args()
     root = Path(args.session)
-    settings = read_json(root / "settings.json")["settings"]
-    summary = read_json(root / "preprocessing" / "data_summary.json")
-    fields = tuple(TaskField(t["name"], t["field"], t["kind"], tuple(t["classes"]))
-                   for t in summary["tasks"])
+    # The session's model, groups, tasks and tokenizer, as `run_study.py predict` rebuilds them.
+    predictor = load_predictor(root)
+    model, spec, fields = predictor.model, predictor.spec, predictor.fields
     tasks = tuple(f.spec for f in fields)
-    length = model_max_length(settings["preset"], settings["model"], settings["max_length"])
-    model, spec = build(settings["model"], settings["preset"], tasks, length)
+    settings = read_json(root / "settings.json")["settings"]
     records = load_embedded(settings["max_samples"], settings["train.seed"]).records
     state = read_json(root / "preprocessing" / "phase0_state.json")
-    dataset = Dataset(records, fields, "embedded", settings["text_field"])
-    val = dataset.encode([records[i] for i in state["splits"]["val"]], ByteTokenizer(length))
+    dataset = Dataset(records, fields, "embedded", predictor.text_field)
+    val = dataset.encode([records[i] for i in state["splits"]["val"]], predictor.tokenizer)
     study = optuna.load_study(study_name=f"{root.name}-crossover",
                               storage=f"sqlite:///{root.parent / root.name}.db")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]

@@ -394,17 +394,8 @@ def _file_records(path: Path, text_field: str, label_fields: Sequence[str],
                   kinds: Mapping[str, str], label_separator: str | None,
                   ) -> tuple[list[tuple[str, Any]], list[dict]]:
     """One file's rows, checked: (where, raw row) and the record kept of each."""
-    suffix = path.suffix.lower()
-    table = suffix in TABLE_SUFFIXES
-    if table:
-        rows = _read_table(path, TABLE_SUFFIXES[suffix])
-    elif suffix in PARQUET_SUFFIXES:
-        rows = _read_parquet(path)
-    else:
-        rows = _read_rows(path)
-    if not rows:
-        raise DataError(f"{path}: holds no rows; expected at least one object")
-    if table:
+    rows = _read_any(path)
+    if path.suffix.lower() in TABLE_SUFFIXES:
         rows = _typed_cells(path, rows, text_field, label_fields, kinds, label_separator)
     elif label_separator is not None:
         for _, row in rows:  # a separated string in a multi-label field of JSON/Parquet
@@ -413,14 +404,7 @@ def _file_records(path: Path, text_field: str, label_fields: Sequence[str],
                     row[f] = [x.strip() for x in row[f].split(label_separator) if x.strip()]
     records: list[dict] = []
     for where, row in rows:
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: {where}: expected an object, got {_type_name(row)}")
-        text = row.get(text_field)
-        if text_field not in row:
-            raise DataError(f"{path}: {where}: field {text_field!r} is missing; expected the text")
-        if not isinstance(text, str):
-            raise DataError(f"{path}: {where}: field {text_field!r}: expected a string, "
-                            f"got {_type_name(text)}")
+        text = _text_of(path, where, row, text_field)
         if not text.strip():
             raise DataError(f"{path}: {where}: field {text_field!r}: the text is empty or blank")
         for f in label_fields:
@@ -456,10 +440,8 @@ def _task_fields(path: Path, rows: list[tuple[str, Any]], records: list[dict],
     return tuple(fields)
 
 
-def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
-    """The texts of a data file (any format ``load_file`` reads; other fields ignored),
-    with the same errors naming file, row and field."""
-    path = Path(path)
+def _read_any(path: Path) -> list[tuple[str, Any]]:
+    """(where, row) of any file ``load_file`` reads, by its suffix; at least one row."""
     suffix = path.suffix.lower()
     if suffix in TABLE_SUFFIXES:
         rows = _read_table(path, TABLE_SUFFIXES[suffix])
@@ -468,18 +450,27 @@ def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
     else:
         rows = _read_rows(path)
     if not rows:
-        raise DataError(f"{path}: holds no rows; expected at least one")
-    texts = []
-    for where, row in rows:
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: {where}: expected an object, got {_type_name(row)}")
-        if text_field not in row:
-            raise DataError(f"{path}: {where}: field {text_field!r} is missing; expected the text")
-        if not isinstance(row[text_field], str):
-            raise DataError(f"{path}: {where}: field {text_field!r}: expected a string, "
-                            f"got {_type_name(row[text_field])}")
-        texts.append(row[text_field])
-    return texts
+        raise DataError(f"{path}: holds no rows; expected at least one object")
+    return rows
+
+
+def _text_of(path: Path, where: str, row: Any, text_field: str) -> str:
+    """The text of one row, or a DataError naming the file, row and field."""
+    if not isinstance(row, dict):
+        raise DataError(f"{path}: {where}: expected an object, got {_type_name(row)}")
+    if text_field not in row:
+        raise DataError(f"{path}: {where}: field {text_field!r} is missing; expected the text")
+    if not isinstance(row[text_field], str):
+        raise DataError(f"{path}: {where}: field {text_field!r}: expected a string, "
+                        f"got {_type_name(row[text_field])}")
+    return row[text_field]
+
+
+def read_texts(path: str | Path, text_field: str = "text") -> list[str]:
+    """The texts of a data file (any format ``load_file`` reads; other fields ignored),
+    with the same errors naming file, row and field."""
+    path = Path(path)
+    return [_text_of(path, where, row, text_field) for where, row in _read_any(path)]
 
 
 def split_files(folder: Path) -> dict[str, Path]:

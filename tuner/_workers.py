@@ -147,6 +147,20 @@ def is_gone(worker: str | None, last_sign: float | None, grace_s: float,
     return current != "" and started not in ("", "None") and current != started
 
 
+def fail_stale_trials(study: optuna.Study, hb: Heartbeat) -> list[optuna.trial.FrozenTrial]:
+    """Mark RUNNING trials whose worker is gone as FAIL: Optuna's heartbeat check where the
+    storage records heartbeats, then ours (``Study.tell`` by trial number); returns ours."""
+    fail_stale_by_storage(study, hb)
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial_is_gone(t, hb):
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            logger.warning("%s: trial %d (params %s) was left running by a process that is gone: "
+                           "marked failed; its work is taken over", study.study_name, t.number, t.params)
+            stale.append(t)
+    return stale
+
+
 @contextmanager
 def beating(beat: Callable[[], None], interval_s: float, what: str) -> Iterator[None]:
     """Call ``beat`` now and every ``interval_s`` in a daemon thread until the block ends.

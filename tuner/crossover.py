@@ -25,7 +25,7 @@ from model.training import EncodedData, evaluate
 from storage import crash_point, json_safe
 from storage.checkpoints import checkpoint_dir, load_tensors, verify_file
 
-from ._workers import WORKER_ATTR, trial_heartbeat, worker_id
+from ._workers import WORKER_ATTR, fail_stale_trials, trial_heartbeat, worker_id
 from .context import RunContext
 
 logger = logging.getLogger(__name__)
@@ -156,8 +156,6 @@ def run_crossover_study(
     space must not change between runs); a recipe that uses a ``damaged`` one is pruned
     without loading anything.
     """
-    from .lr_sweep import fail_stale_trials  # shared stale-trial handling
-
     fail_stale_trials(study, ctx.heartbeat)
     root = ctx.session.path("checkpoints")
     choices = [int(c) for c in checkpoints]

@@ -42,6 +42,7 @@ from ._workers import (
     WORKER_ATTR,
     Heartbeat,
     beating,
+    fail_stale_trials,
     is_gone,
     trial_heartbeat,
     trial_is_gone,
@@ -171,14 +172,8 @@ def _other_owner(study: optuna.Study, hb: Heartbeat) -> bool:
     """Whether the long run is complete or runs in another live worker. A trial left
     RUNNING by a process that is gone is marked failed; the next trial continues its run
     from the resume state (``_resume`` reports its epochs again)."""
-    from .lr_sweep import fail_stale_trials  # shared stale-trial handling
-
     fail_stale_trials(study, hb)
-    live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    for t in live:
-        if t.state == TrialState.RUNNING:
-            logger.debug("long run: trial %d is running in another live process", t.number)
-    return bool(live)
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
 
 
 def _claim_trial(study: optuna.Study, trial: optuna.Trial, lr: float, hb: Heartbeat) -> bool:

@@ -26,7 +26,7 @@ from ._workers import (
     POLL_S,
     WORKER_ATTR,
     Heartbeat,
-    fail_stale_by_storage,
+    fail_stale_trials,
     trial_heartbeat,
     trial_is_gone,
     worker_id,
@@ -88,20 +88,6 @@ def history_of(trial: optuna.trial.FrozenTrial) -> list[dict]:
     """The epoch metric dicts a trial stored, in epoch order."""
     keys = sorted(k for k in trial.user_attrs if k.startswith("epoch_"))
     return [trial.user_attrs[k] for k in keys]
-
-
-def fail_stale_trials(study: optuna.Study, hb: Heartbeat) -> list[optuna.trial.FrozenTrial]:
-    """Mark RUNNING trials whose worker is gone as FAIL: Optuna's heartbeat check where the
-    storage records heartbeats, then ours (``Study.tell`` by trial number); returns ours."""
-    fail_stale_by_storage(study, hb)
-    stale = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial_is_gone(t, hb):
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            logger.warning("%s: trial %d (params %s) was left running by a process that is gone: "
-                           "marked failed; its work is taken over", study.study_name, t.number, t.params)
-            stale.append(t)
-    return stale
 
 
 def open_sweep_study(storage: optuna.storages.BaseStorage, name: str, cfg: SweepConfig,
@@ -185,7 +171,6 @@ def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
                disable=not train_cfg.progress)
     waiting_for: set[int] = set()
     while True:
-        fail_stale_trials(study, hb)
         if not _free_points(study, grid, hb):
             running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                        if not trial_is_gone(t, hb)]
@@ -198,6 +183,7 @@ def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
                             len(running), ", ".join(f"LR {trial_lr(t):g}" for t in running
                                                     if trial_lr(t) is not None))
             time.sleep(POLL_S)
+            fail_stale_trials(study, hb)  # the worker of a point we wait for may be gone
             continue
         ran: dict[str, int | float] = {}
         # An error or Ctrl-C fails the trial (its point is free again) and is raised here.
@@ -206,7 +192,7 @@ def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
         if "lr" not in ran:
             continue
         lr = ran["lr"]
-        frozen = study.trials[int(ran["number"])]
+        frozen = study.get_trials(deepcopy=False)[int(ran["number"])]  # numbers are positions
         if frozen.state == TrialState.PRUNED:
             logger.info("LR %g pruned: %s", lr, frozen.user_attrs.get("pruned_reason"))
         else:

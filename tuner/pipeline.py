@@ -352,7 +352,7 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     ctx = replace(ctx, test=dataset.encode(splits["test"], tokenizer))
     references = reference_rows(dataset, splits, {"train": train, "val": val, "test": ctx.test})
     results = run_phase4(cfg, storage, ctx, spec, analysis, history, long_study, report,
-                         references, dataset.fields[0].classes)
+                         references, dataset.fields[0].classes, tokenizer)
     release_phase4(long_study, done=True)
     recipe = results["crossover_recipe"]
     logger.info("phase 4 done in %.0f s: final model %s (val loss %.4f, test acc %s); report in %s",
@@ -363,7 +363,8 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
 
 def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: RunContext,
                spec: GroupSpec, analysis: dict, history: list[dict], long_study: optuna.Study,
-               report: dict, references: dict | None = None, classes: tuple = ()) -> dict:
+               report: dict, references: dict | None = None, classes: tuple = (),
+               tokenizer=None) -> dict:
     """Crossover study, ensembles and soups, the test table, the final model, the report
     and the dashboard; final_results.json last."""
     session, tasks, val, test = ctx.session, ctx.tasks, ctx.val, ctx.test
@@ -391,7 +392,7 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     recipe = write_final_model(session, table, candidates)
     if is_hf(cfg.model):  # also as a folder from_pretrained loads
         load_final_model(model, session.root)
-        save_pretrained_folder(model, make_tokenizer(cfg.model, _model_max_length(cfg)),
+        save_pretrained_folder(model, tokenizer,
                                classes, session.path(HF_FINAL))
         recipe["save_pretrained"] = str(session.path(HF_FINAL))
         session.write_json("final/recipe.json", json_safe(recipe))

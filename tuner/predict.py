@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from model import ByteTokenizer
+from model import ByteTokenizer, GroupSpec
 from model.hf import HFTokenizer
 from model.plugin import build
 from model.training import EncodedData, batch_indices
@@ -35,10 +35,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Predictor:
-    """A session's final model, ready to predict: the model (eval mode, on ``device``),
-    its tasks with their classes, and the tokenizer it was trained with."""
+    """A session's final model, ready to predict: the model (eval mode, on ``device``)
+    and its groups, its tasks with their classes, and the tokenizer it was trained with."""
 
     model: nn.Module
+    spec: GroupSpec
     fields: tuple[TaskField, ...]
     tokenizer: ByteTokenizer | HFTokenizer
     text_field: str
@@ -57,7 +58,7 @@ def load_predictor(session: str | Path, device: str = "cpu") -> Predictor:
     fields = tuple(TaskField(t["name"], t["field"], t["kind"], tuple(t["classes"]))
                    for t in summary["tasks"])
     max_length = model_max_length(settings["preset"], settings["model"], settings["max_length"])
-    model, _ = build(settings["model"], settings["preset"], tuple(f.spec for f in fields),
+    model, spec = build(settings["model"], settings["preset"], tuple(f.spec for f in fields),
                      max_length, settings.get("dropout"), settings.get("hf_layer_blocks"))
     load_final_model(model, root)
     where = torch.device(device)
@@ -65,7 +66,7 @@ def load_predictor(session: str | Path, device: str = "cpu") -> Predictor:
     logger.info("%s: final model loaded (%s, tasks %s)", root,
                 settings["model"] or f"RedHeart {settings['preset']}",
                 ", ".join(f.name for f in fields))
-    return Predictor(model, fields, make_tokenizer(settings["model"], max_length),
+    return Predictor(model, spec, fields, make_tokenizer(settings["model"], max_length),
                      settings["text_field"], where)
 
 
