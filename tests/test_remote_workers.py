@@ -39,8 +39,10 @@ class _Logs:
     def __init__(self, workers: dict[str, subprocess.Popen]) -> None:
         self.lines: dict[str, list[str]] = {name: [] for name in workers}
         self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
-        for name, proc in workers.items():
-            threading.Thread(target=self._read, args=(name, proc), daemon=True).start()
+        self._threads = {name: threading.Thread(target=self._read, args=(name, proc), daemon=True)
+                         for name, proc in workers.items()}
+        for thread in self._threads.values():
+            thread.start()
 
     def _read(self, name: str, proc: subprocess.Popen) -> None:
         for line in proc.stderr:
@@ -56,6 +58,8 @@ class _Logs:
                 return name
 
     def text(self, name: str) -> str:
+        """The whole log of a worker that has exited (its reader reaches the pipe's end)."""
+        self._threads[name].join(timeout=60)
         return "".join(self.lines[name])
 
 
@@ -71,7 +75,6 @@ def _kill_first(study: str, backup: Path, url: str, marker: str) -> tuple[str, f
     survivor = "b" if victim == "a" else "a"
     assert workers[survivor].wait(timeout=900) == 0, logs.text(survivor)[-3000:]
     workers[victim].wait(timeout=60)
-    time.sleep(0.2)  # the reader threads reach the end of the pipes
     results = json.loads((backup / survivor / study / "final_results.json").read_text())
     return victim, killed_at, logs.text(survivor), results
 
@@ -145,7 +148,6 @@ def test_a_live_worker_in_an_epoch_longer_than_the_grace_period_is_not_taken_for
                for h in ("a", "b")}
     logs = _Logs(workers)
     codes = {h: w.wait(timeout=900) for h, w in workers.items()}
-    time.sleep(0.2)
     assert codes == {"a": 0, "b": 0}, {h: logs.text(h)[-2000:] for h in workers}
     storage = create_storage(url)
     long_run = optuna.load_study(study_name=f"{study}-long-run", storage=storage)

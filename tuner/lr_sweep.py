@@ -171,6 +171,8 @@ def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
                disable=not train_cfg.progress)
     waiting_for: set[int] = set()
     while True:
+        # Before Optuna's own check inside study.optimize, which fails stale trials silently.
+        fail_stale_trials(study, hb)
         if not _free_points(study, grid, hb):
             running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                        if not trial_is_gone(t, hb)]
@@ -183,7 +185,6 @@ def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
                             len(running), ", ".join(f"LR {trial_lr(t):g}" for t in running
                                                     if trial_lr(t) is not None))
             time.sleep(POLL_S)
-            fail_stale_trials(study, hb)  # the worker of a point we wait for may be gone
             continue
         ran: dict[str, int | float] = {}
         # An error or Ctrl-C fails the trial (its point is free again) and is raised here.
