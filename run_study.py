@@ -27,6 +27,7 @@ import optuna
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from model.optimizers import OPTIMIZERS
 from model.training import TrainConfig
 from storage import read_json
 from storage.studies import dashboard_command, mask_url
@@ -155,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--ema-decay", type=float, help=f"0 = no EMA {d(T, 'ema_decay')}")
     t.add_argument("--ema-device", choices=("cpu",),
                    help="keep the EMA copy on the CPU instead of beside the model (GPU memory)")
+    t.add_argument("--optimizer", choices=("auto", *OPTIMIZERS),
+                   help="adamw: torch's AdamW, fp32 weights; adamw8bit: bf16 weights with "
+                        "torchao's 8-bit AdamW; adamw-offload: AdamW's state and step on the "
+                        "CPU (CUDA); auto (default): adamw unless --gpu-memory-gib needs "
+                        "another (the last two need pip install -e '.[gpu]')")
     t.add_argument("--llrd-decay", type=float,
                    help=f"1 = no layer-wise LR decay {d(T, 'llrd_decay')}")
     t.add_argument("--precision", help=f"auto | fp32 | bf16 | fp16 {d(T, 'precision')}")
@@ -263,7 +269,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     train = TrainConfig(**given(batch_size="batch_size", grad_accum="grad_accum",
                                 label_smoothing="label_smoothing", r_drop="r_drop",
                                 ema_decay="ema_decay", ema_device="ema_device",
-                                llrd_decay="llrd_decay",
+                                llrd_decay="llrd_decay", optimizer="optimizer",
                                 precision="precision", seed="seed"),
                         progress=not args.no_progress)
     sweep = given(epochs="sweep_epochs", extend_grid="extend_grid")

@@ -14,10 +14,12 @@ calibrated from a measurement of the run it plans.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+
+from .optimizers import LOWBIT_BLOCK, LOWBIT_MIN_SIZE, OFFLOAD_MIN_SIZE, OPTIMIZERS, option
 
 GIB = 1024**3
 WORKSPACE_BYTES = 64 * 1024**2  # cuBLAS/cuDNN workspaces and the allocator's rounding
@@ -34,6 +36,7 @@ class TrainShape:
     r_drop: bool = True  # both dropout passes in one doubled batch
     ema_on_gpu: bool = True
     activation_checkpointing: bool = False
+    optimizer: str = "adamw"  # model.optimizers: adamw | adamw8bit | adamw-offload
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -42,6 +45,8 @@ class TrainShape:
             raise ValueError(f"seq_len must be >= 1, got {self.seq_len!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,22 @@ def adamw_state_bytes(params: Iterable[torch.Tensor]) -> int:
     """torch.optim.AdamW's state: exp_avg and exp_avg_sq in each parameter's dtype, and a
     float32 ``step`` tensor per parameter (fused and foreach implementations)."""
     return sum(2 * p.numel() * p.element_size() + 4 for p in params)
+
+
+def lowbit_adamw_state_bytes(params: Iterable[torch.Tensor], dtype_bytes: int = 2) -> int:
+    """torchao's AdamW8bit state: a tensor of at least LOWBIT_MIN_SIZE values that splits
+    into LOWBIT_BLOCK blocks keeps each moment as uint8 codes, one fp32 scale per block and
+    a 256-entry fp32 code map; smaller ones keep both moments at ``dtype_bytes``; every
+    parameter has a float32 ``step``."""
+    total = 0
+    for p in params:
+        n = p.numel()
+        if n >= LOWBIT_MIN_SIZE and n % LOWBIT_BLOCK == 0:
+            total += 2 * (n + n // LOWBIT_BLOCK * 4 + 256 * 4)
+        else:
+            total += 2 * n * dtype_bytes
+        total += 4
+    return total
 
 
 def layer_activation_bytes(enc: Encoder, rows: int, seq_len: int, act_bytes: int) -> int:
@@ -105,20 +126,117 @@ def encoders_of(model: nn.Module) -> list[Encoder]:
 
 def plan_memory(model: nn.Module, shape: TrainShape) -> dict[str, int]:
     """Peak GPU bytes by component for training ``model`` (built on any device, meta
-    included) with AdamW in ``shape``; ``total`` sums them."""
+    included) with ``shape.optimizer`` in ``shape``; ``total`` sums them.
+
+    adamw8bit: weights and gradients in bf16, moments as torchao stores them, and the fp32
+    temporaries its step makes for the largest tensor (three: the two moments and the
+    update). adamw-offload: moments of tensors of OFFLOAD_MIN_SIZE values or more live on
+    the CPU; only the small ones' stay on the GPU. The EMA is an fp32 copy either way.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    weights = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
+    width = option(shape.optimizer).weights_dtype.itemsize
+
+    def weights_bytes(tensors: Iterable[torch.Tensor]) -> int:
+        return sum(t.numel() * (width if t.is_floating_point() else t.element_size())
+                   for t in tensors)
+
+    fp32 = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
+    if shape.optimizer == "adamw8bit":
+        state = lowbit_adamw_state_bytes(params, width)
+        state += 3 * 4 * max((p.numel() for p in params), default=0)
+    elif shape.optimizer == "adamw-offload":
+        state = adamw_state_bytes([p for p in params if p.numel() < OFFLOAD_MIN_SIZE])
+    else:
+        state = adamw_state_bytes(params)
     parts = {
-        "weights": weights,
-        "gradients": tensor_bytes(params),
-        "optimizer_state": adamw_state_bytes(params),
-        "ema": weights if shape.ema_on_gpu else 0,
+        "weights": weights_bytes(model.parameters()) + weights_bytes(model.buffers()),
+        "gradients": weights_bytes(params),
+        "optimizer_state": state,
+        "ema": fp32 if shape.ema_on_gpu else 0,
         "activations": activation_bytes(encoders_of(model), shape),
     }
     rest = sum(parts.values())
     parts["workspace"] = WORKSPACE_BYTES + int(FRAGMENTATION * rest)
     parts["total"] = rest + parts["workspace"]
     return parts
+
+
+@dataclass(frozen=True)
+class DeviceSpeed:
+    """Rates for estimating a step's time before any measurement. The defaults are for an
+    8 GB consumer card: ~25 TFLOP/s achieved in bf16 matmuls (half of an RTX 4060 Ti's
+    dense peak), PCIe 4.0 x16 at ~12 GB/s effective for pinned copies, and a desktop CPU
+    streaming AdamW's fused step at ~10 GB/s. bench/gpu.py measures the real figures."""
+
+    flops: float = 25e12
+    pcie_bytes_s: float = 12e9
+    host_bytes_s: float = 10e9
+
+
+def estimate_step_seconds(model: nn.Module, shape: TrainShape, grad_accum: int = 1,
+                          speed: DeviceSpeed = DeviceSpeed()) -> dict[str, float]:
+    """Seconds of one optimizer step (``grad_accum`` micro-batches), by component.
+
+    compute: 6 FLOPs per parameter per token (forward 2, backward 4; Kaplan et al. 2020),
+    plus 2 more with activation checkpointing (the forward runs again), over the micro-
+    batch's tokens (R-Drop's two passes). ema_copy: the EMA on the CPU takes one host copy
+    of the weights per step. offload: gradients to the CPU, weights back, and the CPU's
+    AdamW reading and writing weights, gradient and two moments (7 x 4 bytes per value).
+    """
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokens = shape.batch_size * shape.seq_len * (2 if shape.r_drop else 1)
+    flops_per_token = 6 + (2 if shape.activation_checkpointing else 0)
+    out = {"compute": grad_accum * flops_per_token * n * tokens / speed.flops,
+           "ema_copy": 0.0 if shape.ema_on_gpu else 4 * n / speed.pcie_bytes_s,
+           "offload": 0.0}
+    if shape.optimizer == "adamw-offload":
+        out["offload"] = 2 * 4 * n / speed.pcie_bytes_s + 7 * 4 * n / speed.host_bytes_s
+    out["total"] = sum(out.values())
+    return out
+
+
+@dataclass(frozen=True)
+class FitOption:
+    """One combination the planner may switch on, with its plan and estimated step time."""
+
+    optimizer: str
+    activation_checkpointing: bool
+    ema_on_gpu: bool
+    total_bytes: int
+    step_seconds: float
+
+    @property
+    def exact(self) -> bool:
+        """Whether training computes what the plain fp32 AdamW run computes (checkpointing
+        recomputes the same activations, the EMA and the offloaded step are the same math)."""
+        return option(self.optimizer).weights_dtype == torch.float32
+
+    def describe(self) -> str:
+        parts = {"adamw8bit": "bf16 weights with torchao's 8-bit AdamW",
+                 "adamw-offload": "AdamW offloaded to the CPU (torchao)"}
+        words = [parts[self.optimizer]] if self.optimizer in parts else []
+        if self.activation_checkpointing:
+            words.append("activation checkpointing")
+        if not self.ema_on_gpu:
+            words.append("the EMA on the CPU")
+        return " and ".join(words) or "the run as configured"
+
+
+def fit_options(model: nn.Module, shape: TrainShape, grad_accum: int,
+                optimizers: Iterable[str], speed: DeviceSpeed = DeviceSpeed()
+                ) -> list[FitOption]:
+    """Every combination of ``optimizers``, activation checkpointing and (when the run has
+    an EMA on the GPU) the EMA on the CPU, starting from ``shape``; fastest estimated step
+    first, an exact option before an inexact one of the same estimate."""
+    out = []
+    for opt in dict.fromkeys(optimizers):
+        for ckpt in sorted({shape.activation_checkpointing, True}):
+            for on_gpu in sorted({shape.ema_on_gpu, False}, reverse=True):
+                s = replace(shape, optimizer=opt, activation_checkpointing=ckpt,
+                            ema_on_gpu=on_gpu)
+                out.append(FitOption(opt, ckpt, on_gpu, plan_memory(model, s)["total"],
+                                     estimate_step_seconds(model, s, grad_accum, speed)["total"]))
+    return sorted(out, key=lambda o: (o.step_seconds, not o.exact, o.total_bytes))
 
 
 def plan_table(parts: dict[str, int], budget_gib: float | None = None) -> list[str]:
@@ -150,6 +268,21 @@ def disk_plan(model: nn.Module, checkpoints: int, dtype_bytes: int = 4,
     return parts
 
 
-__all__ = ["GIB", "Encoder", "TrainShape", "activation_bytes", "adamw_state_bytes",
-           "disk_plan", "encoders_of", "layer_activation_bytes", "plan_memory",
-           "plan_table", "tensor_bytes"]
+__all__ = [
+    "GIB",
+    "DeviceSpeed",
+    "Encoder",
+    "FitOption",
+    "TrainShape",
+    "activation_bytes",
+    "adamw_state_bytes",
+    "disk_plan",
+    "encoders_of",
+    "estimate_step_seconds",
+    "fit_options",
+    "layer_activation_bytes",
+    "lowbit_adamw_state_bytes",
+    "plan_memory",
+    "plan_table",
+    "tensor_bytes",
+]

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
 
 from .groups import GroupSpec
 from .tasks import TaskSpec, consistency_loss, task_loss
@@ -59,14 +59,21 @@ def split_outputs(outputs: Outputs, rows: int) -> tuple[dict, dict]:
     return a, b
 
 
-def build_ema(model: nn.Module, decay: float, device: str | None = None) -> AveragedModel:
+def build_ema(model: nn.Module, decay: float, device: str | None = None,
+              dtype: torch.dtype | None = None) -> AveragedModel:
     """EMA copy of ``model``: ema <- decay * ema + (1 - decay) * param on every
     ``update_parameters`` call; the first call copies the weights. ``device`` ("cpu")
-    keeps the copy there instead of beside the model."""
+    keeps the copy there instead of beside the model; ``dtype`` keeps it at that precision
+    when the model's floating weights have another (an fp32 EMA of bf16 weights)."""
     if not 0.0 < decay < 1.0:
         raise ValueError(f"EMA decay must be in (0, 1), got {decay!r}")
-    return AveragedModel(model, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay),
-                         use_buffers=True)
+    weights = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtype is None or weights <= {dtype}:
+        return AveragedModel(model, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay),
+                             use_buffers=True)
+    # The per-tensor form: torch's multi-tensor lerp needs both sides in one dtype.
+    ema = AveragedModel(model, device=device, avg_fn=get_ema_avg_fn(decay), use_buffers=True)
+    return ema.to(dtype=dtype)
 
 
 def llrd_param_groups(

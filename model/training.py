@@ -22,6 +22,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .groups import GroupSpec
+from .optimizers import (
+    OPTIMIZERS,
+    build_optimizer,
+    clip_targets,
+    join_state,
+    join_tensors,
+    option,
+    split_state,
+    split_tensors,
+)
 from .tasks import TaskCounts, TaskSpec, correct_rows, task_loss
 from .techniques import (
     build_ema,
@@ -52,6 +62,10 @@ class TrainConfig:
     # Where the EMA copy lives: None, the model's device; "cpu" keeps it off the GPU
     # (AveragedModel copies the weights over after each optimizer step).
     ema_device: str | None = None
+    # adamw | adamw8bit (bf16 weights, 8-bit moments) | adamw-offload (moments and step on
+    # the CPU): see model.optimizers. "auto": AdamW, unless the pipeline's memory plan
+    # switches to another to fit --gpu-memory-gib.
+    optimizer: str = "auto"
     llrd_decay: float = 0.9  # 1 turns LLRD off (every layer at the base LR)
     analyzer_lr_scale: float = 0.7
     aux_weight: float = 1.0
@@ -79,6 +93,15 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.ema_device not in (None, "cpu"):
             raise ValueError(f"ema_device must be None or 'cpu', got {self.ema_device!r}")
+        if self.optimizer not in ("auto", *OPTIMIZERS):
+            raise ValueError(f"optimizer must be auto or one of {OPTIMIZERS}, "
+                             f"got {self.optimizer!r}")
+        bf16_weights = (self.optimizer != "auto"
+                        and option(self.optimizer).weights_dtype == torch.bfloat16)
+        if bf16_weights and self.precision == "fp16":
+            raise ValueError(f"optimizer {self.optimizer!r} trains bf16 weights, which fp16 "
+                             f"autocast cannot use: choose precision bf16 or auto, got "
+                             f"{self.precision!r}")
         if not 0.0 < self.llrd_decay <= 1.0:
             raise ValueError(f"llrd_decay must be in (0, 1], got {self.llrd_decay!r}")
         if self.analyzer_lr_scale <= 0:
@@ -173,21 +196,22 @@ class Engine:
         """Everything training changes, split for safe storage: named tensors (weights,
         optimizer moments, EMA, torch RNG) and plain JSON-able data (optimizer groups and
         step counts, scheduler, scaler)."""
-        opt_tensors, opt_plain = _split_optimizer(self.optimizer.state_dict())
+        opt_tensors, opt_plain = split_state(self.optimizer.state_dict())
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(opt_tensors)
         if self.ema is not None:
             tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         tensors["rng.torch"] = torch.get_rng_state()
-        plain = {"optimizer": opt_plain, "scheduler": self.scheduler.state_dict(),
+        plain = {"optimizer": opt_plain,
+                 "scheduler": split_tensors(self.scheduler.state_dict(), "scheduler", tensors),
                  "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
         return tensors, plain
 
     def load_state_dict(self, tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned into an engine built the same way."""
         self.model.load_state_dict(_under(tensors, "model."))
-        self.optimizer.load_state_dict(_join_optimizer(plain["optimizer"], tensors))
-        self.scheduler.load_state_dict(plain["scheduler"])
+        self.optimizer.load_state_dict(join_state(plain["optimizer"], tensors))
+        self.scheduler.load_state_dict(join_tensors(plain["scheduler"], tensors))
         if self.scaler is not None and plain.get("scaler"):
             self.scaler.load_state_dict(plain["scaler"])
         if self.ema is not None:
@@ -200,28 +224,6 @@ def _under(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer state_dict as named tensors plus plain data that points at them."""
-    tensors, plain = {}, {"state": {}, "param_groups": state["param_groups"]}
-    for pid, entries in state["state"].items():
-        plain["state"][str(pid)] = {}
-        for name, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{pid}.{name}"] = value
-                plain["state"][str(pid)][name] = {"tensor": f"optimizer.{pid}.{name}"}
-            else:
-                plain["state"][str(pid)][name] = {"value": value}
-    return tensors, plain
-
-
-def _join_optimizer(plain: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict:
-    state = {}
-    for pid, entries in plain["state"].items():
-        state[int(pid)] = {name: tensors[e["tensor"]] if "tensor" in e else e["value"]
-                           for name, e in entries.items()}
-    return {"state": state, "param_groups": plain["param_groups"]}
-
-
 def build_engine(
     model: nn.Module,
     spec: GroupSpec,
@@ -230,19 +232,24 @@ def build_engine(
     steps_per_epoch: int,
     device: str | torch.device = "cpu",
 ) -> Engine:
-    """AdamW over LLRD groups, cosine annealing over all optimizer steps, EMA, scaler."""
+    """The optimizer over LLRD groups, cosine annealing over all optimizer steps, EMA, scaler.
+
+    An optimizer that trains bf16 weights (``adamw8bit``) casts the model to bf16 here; the
+    EMA copy stays fp32, because decay 0.999 moves it by a thousandth of the gap each step,
+    far below bf16's resolution of 1/128 relative.
+    """
     device = torch.device(device)
-    model.to(device)
+    name = "adamw" if config.optimizer == "auto" else config.optimizer
+    weights_dtype = option(name).weights_dtype
+    model.to(device=device, dtype=weights_dtype)
     groups = llrd_param_groups(model, spec, config.lr, config.llrd_decay, config.analyzer_lr_scale)
-    # fused: one kernel for all parameters (CPU and CUDA); ~10% of a tiny model's step otherwise.
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay,
-                                  fused=True)
+    optimizer = build_optimizer(name, groups, config.lr, config.weight_decay, device)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, steps_per_epoch * config.epochs))
     amp_dtype = _resolve_precision(config.precision, device)
     # Disabled, every scaler call passes through: one code path for fp16 and the rest.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = (build_ema(model, config.ema_decay, config.ema_device)
+    ema = (build_ema(model, config.ema_decay, config.ema_device, dtype=torch.float32)
            if config.ema_decay > 0 else None)
     return Engine(model, tuple(tasks), config, optimizer, scheduler, device, amp_dtype, scaler, ema,
                   spec)
@@ -425,7 +432,8 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
             grads = [p.grad for p in params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads)
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm)
+                torch.nn.utils.clip_grads_with_norm_(clip_targets(engine.optimizer, params),
+                                                     cfg.grad_clip, norm)
             if engine.spec is not None and i == len(batches) - 1:
                 group_grads = _group_grad_stats(model, engine.spec)
             engine.scaler.step(engine.optimizer)

@@ -21,7 +21,17 @@ from optuna_dashboard import save_note
 from model import ByteTokenizer, GroupSpec, preset_config
 from model.groups import load_groups_file, with_groups
 from model.hf import is_hf, load_tokenizer, max_positions, save_pretrained_folder
-from model.memory import GIB, TrainShape, disk_plan, plan_memory, plan_table
+from model.memory import (
+    GIB,
+    FitOption,
+    TrainShape,
+    disk_plan,
+    estimate_step_seconds,
+    fit_options,
+    plan_memory,
+    plan_table,
+)
+from model.optimizers import OPTIMIZERS, OPTIONS, available
 from model.plugin import build
 from storage import (
     CheckpointError,
@@ -122,60 +132,80 @@ def _shape(cfg: PipelineConfig, max_length: int) -> TrainShape:
         precision = "bf16"
     return TrainShape(cfg.train.batch_size, max_length, precision, cfg.train.r_drop > 0,
                       cfg.train.ema_decay > 0 and cfg.train.ema_device != "cpu",
-                      bool(cfg.activation_checkpointing))
+                      bool(cfg.activation_checkpointing), _optimizer(cfg))
 
 
-# What --gpu-memory-gib may switch on, in this order (the first that fits is taken).
-# Without a GPU measurement the order is an estimate of step time: activation
-# checkpointing adds about a third of the compute, the CPU EMA one host copy of the
-# weights per optimizer step; both together cost both.
-_FIT_OPTIONS = (
-    ("activation checkpointing", {"activation_checkpointing": True}, {}),
-    ("the EMA kept on the CPU", {}, {"ema_device": "cpu"}),
-    ("activation checkpointing and the EMA on the CPU", {"activation_checkpointing": True},
-     {"ema_device": "cpu"}),
-)
+def _optimizer(cfg: PipelineConfig) -> str:
+    """The run's optimizer; "auto" trains with AdamW unless a budget needs another."""
+    return "adamw" if cfg.train.optimizer == "auto" else cfg.train.optimizer
+
+
+def _optimizers_to_try(cfg: PipelineConfig) -> list[str]:
+    """What --gpu-memory-gib may switch to: any installed optimizer that runs on this
+    device, unless --optimizer names one."""
+    if cfg.train.optimizer != "auto":
+        return [cfg.train.optimizer]
+    return [name for name in OPTIMIZERS if available(name)
+            and (cfg.device.startswith("cuda") or not OPTIONS[name].needs_cuda)]
+
+
+def _with_option(cfg: PipelineConfig, pick: FitOption) -> PipelineConfig:
+    train = replace(cfg.train, optimizer=pick.optimizer)
+    if cfg.train.ema_decay > 0 and not pick.ema_on_gpu:
+        train = replace(train, ema_device="cpu")
+    return replace(cfg, train=train,
+                   activation_checkpointing=pick.activation_checkpointing or None)
 
 
 def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
                 max_length: int) -> tuple[PipelineConfig, dict]:
     """The GPU memory plan of this run (``model.memory``), printed on CUDA or with a
-    budget. Over ``--gpu-memory-gib``: the first of ``_FIT_OPTIONS`` that makes it fit is
-    switched on (neither changes the gradients); otherwise the run is refused with the
-    smallest plan's table and what to change."""
-    parts = plan_memory(model, _shape(cfg, max_length))
+    budget. Over ``--gpu-memory-gib``: of every combination of the optimizers (unless
+    --optimizer names one), activation checkpointing and the EMA on the CPU, the one with
+    the fastest estimated step that fits is switched on, and the log says what it costs
+    and whether it changes the numerics; otherwise the run is refused with the smallest
+    plan's table and what to change. "auto" is resolved here: the returned config names
+    the optimizer the run trains with."""
+    shape = _shape(cfg, max_length)
+    parts = plan_memory(model, shape)
     budget = cfg.gpu_memory_gib
-    chosen = "as configured"
+    chosen, candidates, pick, configured = "as configured", [], None, parts["total"]
     if budget is not None and parts["total"] > budget * GIB:
-        smallest = parts
-        for label, top, train in _FIT_OPTIONS:
-            if train and cfg.train.ema_decay == 0:
-                continue
-            option = replace(cfg, **top, train=replace(cfg.train, **train))
-            if option == cfg:
-                continue
-            planned = plan_memory(model, _shape(option, max_length))
-            smallest = min(smallest, planned, key=lambda p: p["total"])
-            if planned["total"] <= budget * GIB:
-                logger.warning("memory plan: %.2f GiB does not fit --gpu-memory-gib %.2f; %s "
-                               "brings it to %.2f GiB (the gradients stay the same): switched on",
-                               parts["total"] / GIB, budget, label, planned["total"] / GIB)
-                cfg, parts, chosen = option, planned, f"{label}, the first option that fits"
-                break
+        as_is = estimate_step_seconds(model, shape, cfg.train.grad_accum)["total"]
+        candidates = fit_options(model, shape, cfg.train.grad_accum, _optimizers_to_try(cfg))
+        fitting = [o for o in candidates if o.total_bytes <= budget * GIB]
+        pick = fitting[0] if fitting else min(candidates, key=lambda o: o.total_bytes)
+        cfg = _with_option(cfg, pick)
+        parts = plan_memory(model, _shape(cfg, max_length))
+        if fitting:
+            numerics = ("the gradients and updates stay those of fp32 AdamW" if pick.exact else
+                        "this changes the numerics: bf16 weights with stochastic rounding and "
+                        "8-bit moments, compared with AdamW in the README")
+            logger.warning("memory plan: %.2f GiB does not fit --gpu-memory-gib %.2f; %s "
+                           "brings it to %.2f GiB, the fastest of %d options that fit "
+                           "(estimated step %.2f s, %.2f s as configured; %s): switched on",
+                           configured / GIB, budget, pick.describe(),
+                           parts["total"] / GIB, len(fitting), pick.step_seconds, as_is,
+                           numerics)
+            chosen = f"{pick.describe()}, the fastest option that fits"
         else:
-            parts, chosen = smallest, "the smallest plan this version can make"
+            chosen = "the smallest plan this installation can make"
+    cfg = replace(cfg, train=replace(cfg.train, optimizer=_optimizer(cfg)))
     table = plan_table(parts, budget)
     if budget is not None or cfg.device.startswith("cuda"):
-        logger.info("GPU memory plan (%s, batch %d x %d tokens, %s):\n%s", chosen,
-                    cfg.train.batch_size, max_length, _shape(cfg, max_length).precision,
-                    "\n".join(table))
+        logger.info("GPU memory plan (%s; %s, batch %d x %d tokens, %s):\n%s", chosen,
+                    cfg.train.optimizer, cfg.train.batch_size, max_length,
+                    _shape(cfg, max_length).precision, "\n".join(table))
     if budget is not None and parts["total"] > budget * GIB:
+        missing = [n for n in OPTIMIZERS if not available(n)]
         raise ValueError(
-            "the memory plan does not fit --gpu-memory-gib {:.2f}, even with activation "
-            "checkpointing and the EMA on the CPU:\n{}\nLower --batch-size or --max-length, "
-            "switch off R-Drop (--r-drop 0) or the EMA (--ema-decay 0), or pick a smaller "
-            "--preset; bf16 weights with a low-bit optimizer or an offloaded optimizer are not "
-            "available in this version".format(budget, "\n".join(table)))
+            "the memory plan does not fit --gpu-memory-gib {:.2f}, even with {}:\n{}\nLower "
+            "--batch-size or --max-length, switch off R-Drop (--r-drop 0) or the EMA "
+            "(--ema-decay 0), or pick a smaller --preset{}{}".format(
+                budget, pick.describe() if pick else "the run as configured", "\n".join(table),
+                "" if len({o.optimizer for o in candidates}) > 1 else
+                "; without --optimizer the plan may switch optimizers",
+                f"; {', '.join(missing)} need pip install -e '.[gpu]'" if missing else ""))
     width = {"bf16": 2, "fp16": 2}.get(cfg.long_run.checkpoint_dtype or "fp32", 4)
     disk = disk_plan(model, cfg.long_run.epochs // cfg.long_run.checkpoint_every, width,
                      cfg.train.ema_decay > 0)
@@ -185,6 +215,10 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
                 cfg.long_run.checkpoint_dtype or "fp32", disk["checkpoints"] / GIB,
                 disk["ema"] / GIB, disk["resume_states"] / GIB)
     return cfg, {"components_bytes": parts, "budget_gib": budget, "chosen": chosen,
+                 "optimizer": cfg.train.optimizer,
+                 "options": [{**asdict(o), "fits": budget is not None
+                              and o.total_bytes <= budget * GIB, "exact": o.exact,
+                              "what": o.describe()} for o in candidates],
                  "activation_checkpointing": bool(cfg.activation_checkpointing),
                  "ema_device": cfg.train.ema_device or "with the model", "disk_bytes": disk}
 

@@ -31,6 +31,9 @@ SETTINGS_ATTR = "settings"
 # Settings a rerun may change: they decide how much runs and what is shown, not results.
 MAY_CHANGE = ("crossover_trials", "stop_after", "train.progress", "wait", "heartbeat_interval",
               "grace_period", "activation_checkpointing", "gpu_memory_gib", "train.ema_device")
+# Settings added since a session may have been recorded, with the value that session ran
+# with: absent from its record and at that value now is no difference.
+_ADDED = {"train.optimizer": "adamw"}
 # Settings recorded by earlier versions that no longer exist: not a difference.
 _RETIRED = ("stale_after_s",)
 # Flags that name the study rather than shape it (another value is another study).
@@ -85,10 +88,13 @@ def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
 
 def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """One line per setting that differs: ``name: old -> new``. A setting added since the
-    old run was recorded, left at None (its "as before" default), is no difference."""
+    old run was recorded, left at None (its "as before" default) or at the value older runs
+    had (``_ADDED``), is no difference."""
     lines = []
     for key in sorted((old.keys() | new.keys()) - set(_RETIRED)):
         if key not in old and new[key] in (None, [], {}):
+            continue
+        if key not in old and key in _ADDED and new.get(key) == _ADDED[key]:
             continue
         if old.get(key, "<unset>") != new.get(key, "<unset>"):
             lines.append(f"  {key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")

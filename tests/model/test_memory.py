@@ -9,14 +9,19 @@ import torch
 
 from model import build_model
 from model.memory import (
+    GIB,
+    DeviceSpeed,
     Encoder,
     TrainShape,
     activation_bytes,
     encoders_of,
+    estimate_step_seconds,
+    fit_options,
     plan_memory,
     plan_table,
     tensor_bytes,
 )
+from model.optimizers import OPTIMIZERS, available, state_tensor_bytes
 from model.techniques import build_ema
 from model.training import EncodedData, TrainConfig, build_engine, train_one_epoch
 
@@ -115,3 +120,61 @@ def test_an_ema_kept_on_the_cpu_is_left_out_of_the_gpu_plan_and_trains():
     assert off["ema"] == 0 and on["ema"] == tensor_bytes(meta.state_dict().values())
     with pytest.raises(ValueError, match="got 'cuda'"):
         TrainConfig(ema_device="cuda")
+
+
+needs_torchao = pytest.mark.skipif(not available("adamw8bit"),
+                                   reason="torchao is not installed (pip install -e '.[gpu]')")
+
+
+@needs_torchao
+def test_the_8bit_plan_is_the_bytes_of_torchaos_real_state_bf16_weights_and_an_fp32_ema():
+    model = build_model("tiny")
+    planned = plan_memory(build_model("tiny", device="meta"),
+                          TrainShape(8, 16, "fp32", optimizer="adamw8bit"))
+    cfg = TrainConfig(batch_size=8, epochs=1, progress=False, ema_decay=0.9,
+                      optimizer="adamw8bit")
+    engine = build_engine(model, model.group_spec, model.tasks, cfg, 1)
+    engine.spec = None
+    train_one_epoch(engine, _data(), 1)  # one real AdamW8bit step
+    assert planned["weights"] == tensor_bytes(model.state_dict().values())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    quantized = [s["exp_avg"] for s in engine.optimizer.state.values()
+                 if type(s["exp_avg"]).__name__ == "OptimState8bit"]
+    assert quantized, "the tiny preset has tensors torchao keeps in 8 bits"
+    largest = max(p.numel() for p in model.parameters())
+    # The plan adds the step's fp32 temporaries of the largest tensor to the stored state.
+    assert planned["optimizer_state"] - 12 * largest == state_tensor_bytes(engine.optimizer)
+    assert planned["ema"] == tensor_bytes(engine.ema.module.state_dict().values())
+    assert {p.dtype for p in engine.ema.parameters()} == {torch.float32}
+
+
+def test_730m_fits_7_gib_only_with_a_low_bit_or_offloaded_optimizer_and_takes_the_fastest():
+    model = build_model("730m", device="meta")
+    shape = TrainShape(4, 256, "bf16")  # the strategy's micro-batch, R-Drop and EMA on
+    budget = 7.0 * GIB
+    options = fit_options(model, shape, 16, OPTIMIZERS)
+    assert [o.step_seconds for o in options] == sorted(o.step_seconds for o in options)
+    fitting = [o for o in options if o.total_bytes <= budget]
+    assert {o.optimizer for o in fitting} == {"adamw8bit", "adamw-offload"}
+    pick = fitting[0]
+    assert (pick.optimizer, pick.activation_checkpointing, pick.ema_on_gpu) == (
+        "adamw8bit", True, False)
+    assert not pick.exact and "8-bit AdamW" in pick.describe()
+    only_exact = [o for o in fit_options(model, shape, 16, ["adamw", "adamw-offload"])
+                  if o.total_bytes <= budget]
+    assert only_exact[0].optimizer == "adamw-offload" and only_exact[0].exact
+    assert not [o for o in fit_options(model, shape, 16, ["adamw"]) if o.total_bytes <= budget]
+
+
+def test_the_step_estimate_charges_recomputation_the_cpu_ema_copy_and_the_offload_traffic():
+    model = build_model("small", device="meta")
+    n = sum(p.numel() for p in model.parameters())
+    plain = estimate_step_seconds(model, TrainShape(4, 64, r_drop=False), 2)
+    assert plain["compute"] == pytest.approx(2 * 6 * n * 4 * 64 / DeviceSpeed().flops)
+    ckpt = estimate_step_seconds(model, TrainShape(4, 64, r_drop=False,
+                                                   activation_checkpointing=True), 2)
+    assert ckpt["compute"] == pytest.approx(plain["compute"] * 8 / 6)
+    cpu_ema = estimate_step_seconds(model, TrainShape(4, 64, r_drop=False, ema_on_gpu=False), 2)
+    assert cpu_ema["ema_copy"] == pytest.approx(4 * n / DeviceSpeed().pcie_bytes_s)
+    off = estimate_step_seconds(model, TrainShape(4, 64, r_drop=False, optimizer="adamw-offload"))
+    assert off["offload"] > 0 and plain["offload"] == 0
