@@ -253,16 +253,21 @@ def plan_table(parts: dict[str, int], budget_gib: float | None = None) -> list[s
 
 
 def disk_plan(model: nn.Module, checkpoints: int, dtype_bytes: int = 4,
-              ema: bool = True, resume_states: int = 2) -> dict[str, int]:
+              ema: bool = True, resume_states: int = 2, optimizer: str = "adamw"
+              ) -> dict[str, int]:
     """Disk bytes of a long run: ``checkpoints`` modular checkpoints of the weights at
     ``dtype_bytes`` per value, the EMA once (in the last one, at the same width), and the
-    kept resume states at full precision (weights, AdamW's two moments, the EMA)."""
+    kept resume states at the precision training keeps (the weights in the optimizer's
+    dtype, its moments as stored, the fp32 EMA)."""
     values = sum(v.numel() for v in model.state_dict().values())
     full = tensor_bytes(model.state_dict().values())
     params = [p for p in model.parameters() if p.requires_grad]
+    width = option(optimizer).weights_dtype.itemsize
+    moments = (lowbit_adamw_state_bytes(params, width) if optimizer == "adamw8bit"
+               else adamw_state_bytes(params))
     parts = {"checkpoints": checkpoints * values * dtype_bytes,
              "ema": values * dtype_bytes if ema else 0,
-             "resume_states": resume_states * (full + adamw_state_bytes(params)
+             "resume_states": resume_states * (values * width + moments
                                                + (full if ema else 0))}
     parts["total"] = sum(parts.values())
     return parts

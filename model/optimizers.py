@@ -70,6 +70,16 @@ def _require(name: str) -> None:
     if not available(name):
         raise ValueError(f"optimizer {name!r} needs the optional package "
                          f"{option(name).package!r}: pip install -e '.[gpu]'")
+    if option(name).package == "torchao":
+        # torchao's import warns (on its "torchao" logger) about kernels for other GPUs and
+        # triton, none of which its optimizers use; those lines would read as our problem.
+        ao = logging.getLogger("torchao")
+        level = ao.level
+        ao.setLevel(logging.ERROR)
+        try:
+            import torchao.optim  # noqa: F401
+        finally:
+            ao.setLevel(level)
 
 
 def build_optimizer(name: str, groups: Sequence[dict], lr: float, weight_decay: float,

@@ -393,7 +393,8 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
     grad_norms: list[torch.Tensor] = []
     group_loss = torch.zeros((), dtype=torch.float64)
     # LRs of this epoch's first step, per optimizer group (the cosine moves them every step).
-    lrs = {g.get("name", str(k)): g["lr"] for k, g in enumerate(engine.optimizer.param_groups)}
+    lrs = {g.get("name", str(k)): float(g["lr"])
+           for k, g in enumerate(engine.optimizer.param_groups)}
     model.train()
     engine.optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()

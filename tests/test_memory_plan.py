@@ -1,16 +1,21 @@
 """The memory plan at the start of a run: written to the session, switched to activation
-checkpointing when only that fits --gpu-memory-gib, refused with the table otherwise."""
+checkpointing when only that fits --gpu-memory-gib (with --optimizer adamw pinned), to bf16
+weights with 8-bit AdamW when the optimizer is left to it and that is the fastest that fits,
+refused with the table otherwise."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
+import pytest
 from _runs import ROOT
 
 from model import build_model
 from model.memory import GIB, TrainShape, plan_memory
+from model.optimizers import available
 
 
 def _run(tmp_path, *extra: str) -> subprocess.CompletedProcess:
@@ -27,9 +32,11 @@ def _totals() -> tuple[float, float]:
 
 def test_a_budget_only_checkpointing_fits_switches_it_on_and_says_why(tmp_path):
     plain, checkpointed = _totals()
-    out = _run(tmp_path, "--gpu-memory-gib", f"{(plain + checkpointed) / 2:.4f}")
+    out = _run(tmp_path, "--optimizer", "adamw", "--gpu-memory-gib",
+               f"{(plain + checkpointed) / 2:.4f}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "activation checkpointing brings it to" in out.stderr and "switched on" in out.stderr
+    assert "stay those of fp32 AdamW" in out.stderr
     assert "| **total** |" in out.stderr  # the table, printed at start
     plan = json.loads((tmp_path / "redheart" / "memory_plan.json").read_text())
     assert plan["activation_checkpointing"] is True
@@ -37,10 +44,11 @@ def test_a_budget_only_checkpointing_fits_switches_it_on_and_says_why(tmp_path):
 
 
 def test_a_budget_nothing_fits_is_refused_with_the_table_and_what_to_change(tmp_path):
-    out = _run(tmp_path, "--gpu-memory-gib", "0.01")
+    out = _run(tmp_path, "--optimizer", "adamw", "--gpu-memory-gib", "0.01")
     assert out.returncode == 2
     assert "does not fit --gpu-memory-gib 0.01, even with activation checkpointing and the EMA " \
            "on the CPU" in out.stderr
+    assert "without --optimizer the plan may switch optimizers" in out.stderr
     assert "| optimizer state |" in out.stderr and "Lower --batch-size" in out.stderr
     assert "Traceback" not in out.stderr
 
@@ -51,8 +59,29 @@ def test_when_only_both_options_fit_both_are_switched_on(tmp_path):
     both = plan_memory(model, TrainShape(64, 48, "fp32", ema_on_gpu=False,
                                          activation_checkpointing=True))
     budget = (checkpointed["total"] + both["total"]) / 2 / GIB
-    out = _run(tmp_path, "--gpu-memory-gib", f"{budget:.9f}")
+    out = _run(tmp_path, "--optimizer", "adamw", "--gpu-memory-gib", f"{budget:.9f}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "activation checkpointing and the EMA on the CPU brings it to" in out.stderr
     plan = json.loads((tmp_path / "redheart" / "memory_plan.json").read_text())
     assert plan["activation_checkpointing"] is True and plan["ema_device"] == "cpu"
+
+
+@pytest.mark.skipif(not available("adamw8bit"), reason="torchao is not installed")
+def test_left_to_the_plan_the_fastest_fitting_option_is_8bit_adamw_and_it_says_what_changes(
+        tmp_path):
+    model = build_model("tiny", device="meta")
+    shape = TrainShape(64, 48, "fp32")
+    plain = plan_memory(model, shape)["total"]
+    eight = plan_memory(model, replace(shape, optimizer="adamw8bit"))["total"]
+    assert eight < plain
+    out = _run(tmp_path, "--gpu-memory-gib", f"{(plain + eight) / 2 / GIB:.9f}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "bf16 weights with torchao's 8-bit AdamW brings it to" in out.stderr
+    assert "this changes the numerics" in out.stderr
+    plan = json.loads((tmp_path / "redheart" / "memory_plan.json").read_text())
+    assert plan["optimizer"] == "adamw8bit"
+    fitting = [o for o in plan["options"] if o["fits"]]
+    assert fitting[0]["optimizer"] == "adamw8bit" and not fitting[0]["exact"]
+    assert all(o["step_seconds"] >= fitting[0]["step_seconds"] for o in fitting)
+    settings = json.loads((tmp_path / "redheart" / "settings.json").read_text())
+    assert settings["settings"]["train.optimizer"] == "adamw8bit"

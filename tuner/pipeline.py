@@ -206,13 +206,17 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
                 "" if len({o.optimizer for o in candidates}) > 1 else
                 "; without --optimizer the plan may switch optimizers",
                 f"; {', '.join(missing)} need pip install -e '.[gpu]'" if missing else ""))
-    width = {"bf16": 2, "fp16": 2}.get(cfg.long_run.checkpoint_dtype or "fp32", 4)
+    # Checkpoints keep the training weights' width unless --checkpoint-dtype narrows them.
+    width = {"bf16": 2, "fp16": 2}.get(cfg.long_run.checkpoint_dtype or "",
+                                       OPTIONS[cfg.train.optimizer].weights_dtype.itemsize)
     disk = disk_plan(model, cfg.long_run.epochs // cfg.long_run.checkpoint_every, width,
-                     cfg.train.ema_decay > 0)
+                     cfg.train.ema_decay > 0, optimizer=cfg.train.optimizer)
     logger.info("disk plan of the long run: %.2f GiB (%d checkpoints at %s: %.2f GiB, the EMA "
                 "once: %.2f GiB, 2 resume states: %.2f GiB)", disk["total"] / GIB,
                 cfg.long_run.epochs // cfg.long_run.checkpoint_every,
-                cfg.long_run.checkpoint_dtype or "fp32", disk["checkpoints"] / GIB,
+                cfg.long_run.checkpoint_dtype or str(OPTIONS[cfg.train.optimizer]
+                                                     .weights_dtype).removeprefix("torch."),
+                disk["checkpoints"] / GIB,
                 disk["ema"] / GIB, disk["resume_states"] / GIB)
     return cfg, {"components_bytes": parts, "budget_gib": budget, "chosen": chosen,
                  "optimizer": cfg.train.optimizer,
