@@ -12,7 +12,12 @@
     python bench/gpu.py                       # on the lent GPU (about 3-4 minutes)
     python bench/gpu.py --device cpu --big tiny --length 32 --accum 2   # a dry run anywhere
 
-The options are those this version has: plain AdamW and activation checkpointing.
+The options: plain AdamW, activation checkpointing, the EMA on the CPU, and with torchao
+installed (the lent machine has no registry: carry its wheel and
+``pip install --no-deps --no-index <wheel>`` first) bf16 weights with 8-bit AdamW and AdamW
+offloaded to the CPU, each alone and with checkpointing and the CPU EMA. With torchao, step 1
+also trains both of its optimizers on the GPU, resumes them from a state round trip and
+checks the next epoch is bit-identical to an unbroken run's.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ except ImportError:
 
 from model import build_model
 from model.memory import GIB, TrainShape, encoders_of, plan_memory
+from model.optimizers import available
 from model.tasks import EMBEDDED_TASKS
 from model.training import (
     EncodedData,
@@ -92,6 +98,40 @@ def check_paths(device: str, steps: int) -> None:
                   f"{'identical' if same else 'DIFFERS'}")
 
 
+def check_optimizers(device: str, steps: int) -> None:
+    """torchao's optimizers on the device: two epochs unbroken against one epoch, a state
+    round trip through the CPU (as a resume file stores it) and the second epoch."""
+    names = [n for n in ("adamw8bit", "adamw-offload") if available(n)
+             and (_cuda(device) or n != "adamw-offload")]
+    if not names:
+        print("  torchao not installed: 8-bit AdamW and the offload optimizer not checked")
+    for name in names:
+        cfg = TrainConfig(batch_size=8, epochs=2, precision="bf16" if _cuda(device) else "fp32",
+                          progress=False, optimizer=name)
+
+        def engine(cfg: TrainConfig = cfg):
+            torch.manual_seed(0)
+            model = build_model("tiny")
+            return build_engine(model, model.group_spec, model.tasks, cfg, steps, device)
+
+        data = _data(8 * steps, build_model("tiny", device="meta").cfg.max_length, device)
+        unbroken = engine()
+        for epoch in (1, 2):
+            train_one_epoch(unbroken, data, epoch)
+        first = engine()
+        train_one_epoch(first, data, 1)
+        tensors, plain = first.state_dict()
+        saved = {k: t.detach().cpu().clone() for k, t in tensors.items()}
+        resumed = engine()
+        resumed.load_state_dict(saved, plain)
+        m = train_one_epoch(resumed, data, 2)
+        same = all(torch.equal(a.cpu(), b.cpu()) for a, b in
+                   zip(unbroken.model.state_dict().values(),
+                       resumed.model.state_dict().values(), strict=True))
+        print(f"  tiny {name}: train loss {m['train_loss']:.4f}, resumed from a state round "
+              f"trip: {'bit-identical' if same else 'DIFFERS'} to the unbroken run")
+
+
 def _flops_per_micro_batch(model: torch.nn.Module, rows: int, length: int) -> float:
     """Training FLOPs of one micro-batch: 6 x parameters x tokens (forward and backward)
     plus attention's 12 x layers x width x length per token (Chowdhery et al. 2022)."""
@@ -102,6 +142,7 @@ def _flops_per_micro_batch(model: torch.nn.Module, rows: int, length: int) -> fl
 
 def bench_option(name: str, preset: str, shape: TrainShape, accum: int, device: str,
                  budget_gib: float | None, steps: int) -> dict:
+    """(``shape.optimizer`` and ``shape.ema_on_gpu`` pick the optimizer and the EMA's place.)"""
     """One option on the big preset; 'fits' is False when building or a step runs out of
     memory under the cap."""
     if _cuda(device):
@@ -119,7 +160,9 @@ def bench_option(name: str, preset: str, shape: TrainShape, accum: int, device: 
         model = build_model(preset, activation_checkpointing=shape.activation_checkpointing)
         cfg = TrainConfig(batch_size=shape.batch_size, grad_accum=accum, epochs=2,
                           precision="bf16" if _cuda(device) else "fp32", progress=False,
-                          r_drop=1.0 if shape.r_drop else 0.0, ema_decay=0.999)
+                          r_drop=1.0 if shape.r_drop else 0.0, ema_decay=0.999,
+                          optimizer=shape.optimizer,
+                          ema_device=None if shape.ema_on_gpu else "cpu")
         data = _data(shape.batch_size * accum, shape.seq_len, device)
         engine = build_engine(model, model.group_spec, model.tasks, cfg, 1, device)
         engine.spec = None
@@ -179,15 +222,25 @@ def main() -> None:
 
     print("1. CUDA paths (tiny, small):" if _cuda(args.device) else "1. paths (tiny, small):")
     check_paths(args.device, steps=2)
+    check_optimizers(args.device, steps=2)
 
     shape = TrainShape(args.batch, args.length, "bf16" if _cuda(args.device) else "fp32")
     budget = args.budget_gib if _cuda(args.device) else None
     header = ["| option | fits | peak GiB | planned GiB | per micro-batch | tokens/s | MFU |",
               "|---|---|---|---|---|---|---|"]
+    lean = {"activation_checkpointing": True, "ema_on_gpu": False}
+    options = [("plain AdamW", shape),
+               ("activation checkpointing", replace(shape, activation_checkpointing=True)),
+               ("checkpointing + CPU EMA", replace(shape, **lean))]
+    if available("adamw8bit"):
+        options += [("8-bit AdamW, bf16 weights", replace(shape, optimizer="adamw8bit")),
+                    ("8-bit AdamW + checkpointing + CPU EMA",
+                     replace(shape, optimizer="adamw8bit", **lean))]
+    if available("adamw-offload") and _cuda(args.device):
+        options.append(("offloaded AdamW + checkpointing + CPU EMA",
+                        replace(shape, optimizer="adamw-offload", **lean)))
     capped = [bench_option(label, args.big, s, args.accum, args.device, budget, args.steps)
-              for label, s in (("plain AdamW", shape),
-                               ("activation checkpointing",
-                                replace(shape, activation_checkpointing=True)))]
+              for label, s in options]
     print(f"\n2. {args.big}, batch {args.batch} x {args.accum}, length {args.length}, R-Drop, "
           f"budget {f'{budget:.1f} GiB' if budget else 'none (CPU)'}:")
     print("\n".join(header + [_row(r) for r in capped]))

@@ -7,6 +7,8 @@ import sys
 
 from _runs import ROOT
 
+from model.optimizers import available
+
 
 def test_the_gpu_bench_dry_run_reports_every_section():
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu",
@@ -17,3 +19,6 @@ def test_the_gpu_bench_dry_run_reports_every_section():
     assert text.count("state round trip identical") == 2
     assert "| plain AdamW | yes |" in text and "| activation checkpointing | yes |" in text
     assert "4. projected long run (60 epochs x 10,000 rows" in text
+    if available("adamw8bit"):  # torchao's 8-bit AdamW runs on a CPU too (offload does not)
+        assert "tiny adamw8bit: train loss" in text and "bit-identical to the unbroken" in text
+        assert "| 8-bit AdamW, bf16 weights | yes |" in text
