@@ -258,7 +258,13 @@ def follow(cfg: PipelineConfig, launch: Launch) -> dict:
     """A torchrun rank > 0: reads the data (for its tasks) and the model, never the
     session folder or the storage; trains in rank 0's long run, if there is one."""
     dataset = load_data(cfg)
-    build_fn = _build_fn(cfg, dataset, _model_max_length(cfg))
+    max_length = _model_max_length(cfg)
+    # The same plan as rank 0's, so every rank trains with the options it switched on (the
+    # optimizer and the weights' dtype must match for DDP; checkpointing for the memory).
+    model, _ = _build_fn(cfg, dataset, max_length)()
+    cfg, _ = memory_plan(cfg, model, max_length)
+    del model
+    build_fn = _build_fn(cfg, dataset, max_length)
     if follow_long_run(launch, tuple(dataset.tasks), build_fn, rank_device(cfg.device, launch),
                        cfg.train):
         logger.info("rank %d: the long run is done; leaving", launch.rank)
