@@ -123,6 +123,8 @@ def clip_targets(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor
 # -- state: named tensors + JSON ---------------------------------------------------------------
 
 _SUBCLASS_FIELDS = ("codes", "scale", "qmap")
+# The dtypes an 8-bit moment may present (its parameter's), by the name it is stored under.
+_DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16)}
 
 
 def _is_8bit(value: Any) -> bool:
@@ -151,7 +153,10 @@ def _join_value(entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -
         from torchao.optim.subclass_8bit import OptimState8bit
 
         key = entry["state8bit"]
-        dtype = getattr(torch, entry["dtype"].removeprefix("torch."))
+        if entry["dtype"] not in _DTYPES:
+            raise ValueError(f"optimizer state {key!r}: dtype {entry['dtype']!r} is not one of "
+                             f"{sorted(_DTYPES)}")
+        dtype = _DTYPES[entry["dtype"]]
         return OptimState8bit(*(tensors[f"{key}.{f}"] for f in _SUBCLASS_FIELDS),
                               bool(entry["signed"]), dtype=dtype)
     return entry["value"]

@@ -102,6 +102,10 @@ class TrainConfig:
             raise ValueError(f"optimizer {self.optimizer!r} trains bf16 weights, which fp16 "
                              f"autocast cannot use: choose precision bf16 or auto, got "
                              f"{self.precision!r}")
+        if self.optimizer == "adamw-offload" and self.precision == "fp16":
+            raise ValueError("optimizer 'adamw-offload' steps on CPU copies of the gradients "
+                             "taken during backward, before fp16's GradScaler unscales them: "
+                             f"choose precision bf16 or auto, got {self.precision!r}")
         if not 0.0 < self.llrd_decay <= 1.0:
             raise ValueError(f"llrd_decay must be in (0, 1], got {self.llrd_decay!r}")
         if self.analyzer_lr_scale <= 0:

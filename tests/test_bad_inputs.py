@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -129,6 +130,8 @@ def _same_settings(backup: Path, argv: list[str]) -> None:
         cfg = run_study.config_from_args(run_study._parser().parse_args(argv))
     except ValueError:
         return  # refused while reading the flags, before any session is looked at
+    # The run records the optimizer its memory plan resolved: "auto" is AdamW without a budget.
+    cfg = replace(cfg, train=replace(cfg.train, optimizer="adamw"))
     (backup / "s" / "settings.json").write_text(json.dumps(
         {"format_version": FORMAT_VERSION, "settings": fingerprint(cfg)}))
 

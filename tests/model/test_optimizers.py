@@ -103,9 +103,11 @@ def test_the_offload_optimizers_state_layout_round_trips_through_named_tensors()
             assert all(torch.equal(got["state"][pid][k], v) for k, v in s.items())
 
 
-def test_an_8bit_optimizer_with_fp16_autocast_or_an_unknown_name_is_refused():
+def test_fp16_autocast_with_bf16_weights_or_the_offload_or_an_unknown_name_is_refused():
     with pytest.raises(ValueError, match="bf16 weights, which fp16"):
         TrainConfig(optimizer="adamw8bit", precision="fp16")
+    with pytest.raises(ValueError, match="before fp16's GradScaler"):
+        TrainConfig(optimizer="adamw-offload", precision="fp16")
     with pytest.raises(ValueError, match="'adam9'"):
         TrainConfig(optimizer="adam9")
 

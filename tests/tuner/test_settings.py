@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from model.training import TrainConfig
 from tuner.config import PipelineConfig
 from tuner.settings import MAY_CHANGE, fingerprint, settings_diff
 
@@ -29,3 +30,11 @@ def test_heartbeats_and_waiting_may_change_between_runs():
     b = fingerprint(PipelineConfig(heartbeat_interval=5, grace_period=20, wait=False))
     assert settings_diff(a, b) == []
     assert {"heartbeat_interval", "grace_period", "wait"} <= set(MAY_CHANGE)
+
+
+def test_a_session_recorded_before_the_optimizer_setting_resumes_with_adamw_only():
+    new = fingerprint(PipelineConfig(train=TrainConfig(optimizer="adamw")))
+    old = {k: v for k, v in new.items() if k != "train.optimizer"}  # AdamW was all there was
+    assert settings_diff(old, new) == []
+    eight = fingerprint(PipelineConfig(train=TrainConfig(optimizer="adamw8bit")))
+    assert settings_diff(old, eight) == ["  train.optimizer: '<unset>' -> 'adamw8bit'"]
