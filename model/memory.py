@@ -180,8 +180,11 @@ def estimate_step_seconds(model: nn.Module, shape: TrainShape, grad_accum: int =
     compute: 6 FLOPs per parameter per token (forward 2, backward 4; Kaplan et al. 2020),
     plus 2 more with activation checkpointing (the forward runs again), over the micro-
     batch's tokens (R-Drop's two passes). ema_copy: the EMA on the CPU takes one host copy
-    of the weights per step. offload: gradients to the CPU, weights back, and the CPU's
+    of the weights per step. offload: the gradients to the CPU after every micro-batch
+    (torchao copies them as backward accumulates), the weights back once, and the CPU's
     AdamW reading and writing weights, gradient and two moments (7 x 4 bytes per value).
+    8-bit AdamW is costed as AdamW: on a GPU its forward and backward are the same bf16
+    matmuls under autocast, and both steps are a few memory-bound passes over the weights.
     """
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tokens = shape.batch_size * shape.seq_len * (2 if shape.r_drop else 1)
@@ -190,7 +193,8 @@ def estimate_step_seconds(model: nn.Module, shape: TrainShape, grad_accum: int =
            "ema_copy": 0.0 if shape.ema_on_gpu else 4 * n / speed.pcie_bytes_s,
            "offload": 0.0}
     if shape.optimizer == "adamw-offload":
-        out["offload"] = 2 * 4 * n / speed.pcie_bytes_s + 7 * 4 * n / speed.host_bytes_s
+        out["offload"] = ((grad_accum + 1) * 4 * n / speed.pcie_bytes_s
+                          + 7 * 4 * n / speed.host_bytes_s)
     out["total"] = sum(out.values())
     return out
 
@@ -204,6 +208,7 @@ class FitOption:
     ema_on_gpu: bool
     total_bytes: int
     step_seconds: float
+    moves_ema: bool = False  # the run has an EMA on the GPU and this option moves it
 
     @property
     def exact(self) -> bool:
@@ -217,7 +222,7 @@ class FitOption:
         words = [parts[self.optimizer]] if self.optimizer in parts else []
         if self.activation_checkpointing:
             words.append("activation checkpointing")
-        if not self.ema_on_gpu:
+        if self.moves_ema:
             words.append("the EMA on the CPU")
         return " and ".join(words) or "the run as configured"
 
@@ -235,7 +240,8 @@ def fit_options(model: nn.Module, shape: TrainShape, grad_accum: int,
                 s = replace(shape, optimizer=opt, activation_checkpointing=ckpt,
                             ema_on_gpu=on_gpu)
                 out.append(FitOption(opt, ckpt, on_gpu, plan_memory(model, s)["total"],
-                                     estimate_step_seconds(model, s, grad_accum, speed)["total"]))
+                                     estimate_step_seconds(model, s, grad_accum, speed)["total"],
+                                     shape.ema_on_gpu and not on_gpu))
     return sorted(out, key=lambda o: (o.step_seconds, not o.exact, o.total_bytes))
 
 
@@ -253,10 +259,11 @@ def plan_table(parts: dict[str, int], budget_gib: float | None = None) -> list[s
 
 
 def disk_plan(model: nn.Module, checkpoints: int, dtype_bytes: int = 4,
-              ema: bool = True, resume_states: int = 2, optimizer: str = "adamw"
-              ) -> dict[str, int]:
+              ema: bool = True, resume_states: int = 2, optimizer: str = "adamw",
+              ema_bytes: int | None = None) -> dict[str, int]:
     """Disk bytes of a long run: ``checkpoints`` modular checkpoints of the weights at
-    ``dtype_bytes`` per value, the EMA once (in the last one, at the same width), and the
+    ``dtype_bytes`` per value, the EMA once (in the last one, at ``ema_bytes``: the
+    checkpoints' width by default; an fp32 EMA beside bf16 weights is stored at 4), and the
     kept resume states at the precision training keeps (the weights in the optimizer's
     dtype, its moments as stored, the fp32 EMA)."""
     values = sum(v.numel() for v in model.state_dict().values())
@@ -266,7 +273,7 @@ def disk_plan(model: nn.Module, checkpoints: int, dtype_bytes: int = 4,
     moments = (lowbit_adamw_state_bytes(params, width) if optimizer == "adamw8bit"
                else adamw_state_bytes(params))
     parts = {"checkpoints": checkpoints * values * dtype_bytes,
-             "ema": values * dtype_bytes if ema else 0,
+             "ema": values * (ema_bytes or dtype_bytes) if ema else 0,
              "resume_states": resume_states * (values * width + moments
                                                + (full if ema else 0))}
     parts["total"] = sum(parts.values())

@@ -120,6 +120,31 @@ def clip_targets(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor
     return [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
 
 
+def sync_offloaded_weights(optimizer: torch.optim.Optimizer) -> None:
+    """After weights are loaded into the model: the offload optimizer steps on CPU copies
+    of the weights taken when it was built and writes them back over the GPU weights, so
+    the copies must take the loaded values too (through its public ``param_d2h_map``)."""
+    for device_param, host_param in getattr(optimizer, "param_d2h_map", {}).items():
+        host_param.detach().copy_(device_param.detach())
+
+
+def check_choice(name: str, device: str, precision: str, world: int = 1) -> None:
+    """Refuse, before anything is written, an optimizer this run cannot use: not
+    installed, needs CUDA, cannot take fp16's GradScaler, or (offload) several processes:
+    torchao's offload copies each gradient to the CPU before DDP averages it."""
+    _require(name)
+    opt = option(name)
+    if opt.needs_cuda and not device.startswith("cuda"):
+        raise ValueError(f"optimizer {name!r} needs a CUDA device, got {device!r}")
+    if precision == "fp16" and name != "adamw":
+        raise ValueError(f"optimizer {name!r} cannot train with fp16 autocast (its GradScaler "
+                         "needs fp32 weights whose gradients it unscales before the step): "
+                         "choose precision bf16")
+    if name == "adamw-offload" and world > 1:
+        raise ValueError(f"optimizer {name!r} is single-process (torchao copies each gradient "
+                         f"to the CPU before DDP averages it), got {world} processes")
+
+
 # -- state: named tensors + JSON ---------------------------------------------------------------
 
 _SUBCLASS_FIELDS = ("codes", "scale", "qmap")
@@ -237,5 +262,6 @@ def state_tensor_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 __all__ = ["LOWBIT_BLOCK", "LOWBIT_MIN_SIZE", "OFFLOAD_MIN_SIZE", "OPTIMIZERS", "OPTIONS",
-           "OptimizerOption", "available", "build_optimizer", "clip_targets", "join_state",
-           "join_tensors", "option", "split_state", "split_tensors", "state_tensor_bytes"]
+           "OptimizerOption", "available", "build_optimizer", "check_choice", "clip_targets", "join_state",
+           "join_tensors", "option", "split_state", "split_tensors", "state_tensor_bytes",
+           "sync_offloaded_weights"]

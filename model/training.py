@@ -31,6 +31,7 @@ from .optimizers import (
     option,
     split_state,
     split_tensors,
+    sync_offloaded_weights,
 )
 from .tasks import TaskCounts, TaskSpec, correct_rows, task_loss
 from .techniques import (
@@ -214,6 +215,7 @@ class Engine:
     def load_state_dict(self, tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned into an engine built the same way."""
         self.model.load_state_dict(_under(tensors, "model."))
+        sync_offloaded_weights(self.optimizer)
         self.optimizer.load_state_dict(join_state(plain["optimizer"], tensors))
         self.scheduler.load_state_dict(join_tensors(plain["scheduler"], tensors))
         if self.scaler is not None and plain.get("scaler"):
@@ -251,6 +253,9 @@ def build_engine(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, steps_per_epoch * config.epochs))
     amp_dtype = _resolve_precision(config.precision, device)
+    if amp_dtype == torch.float16 and name != "adamw":
+        raise ValueError(f"optimizer {name!r} cannot train with fp16 autocast (precision "
+                         f"{config.precision!r} on this device): choose precision bf16")
     # Disabled, every scaler call passes through: one code path for fp16 and the rest.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = (build_ema(model, config.ema_decay, config.ema_device, dtype=torch.float32)
@@ -266,6 +271,9 @@ def distribute(engine: Engine) -> None:
     from torch.distributed import get_rank, get_world_size
     from torch.nn.parallel import DistributedDataParallel
 
+    if engine.config.optimizer == "adamw-offload":
+        raise ValueError("optimizer 'adamw-offload' is single-process: torchao copies each "
+                         "gradient to the CPU before DDP averages it")
     device_ids = [engine.device.index] if engine.device.type == "cuda" else None
     engine.ddp = DistributedDataParallel(engine.model, device_ids=device_ids)
     engine.rank, engine.world = get_rank(), get_world_size()
@@ -290,6 +298,24 @@ def _shard(index: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, fl
 def steps_per_epoch(rows: int, config: TrainConfig) -> int:
     """Optimizer steps in one epoch (a last partial accumulation group still steps)."""
     return math.ceil(math.ceil(rows / config.batch_size) / config.grad_accum)
+
+
+def _step_rng(engine: Engine, epoch: int, index: int) -> contextlib.AbstractContextManager:
+    """The random stream of an optimizer step that draws (8-bit AdamW's stochastic rounding
+    of bf16 weights): seeded by (seed, epoch, micro-batch), never by rank, so every
+    data-parallel replica rounds the same averaged update the same way and stays equal to
+    the single-process run; the training stream outside is left as it was."""
+    if engine.config.optimizer != "adamw8bit":
+        return contextlib.nullcontext()
+    return _seeded(engine.device, engine.config.seed * 1_000_003 + epoch * 100_003 + index)
+
+
+@contextlib.contextmanager
+def _seeded(device: torch.device, seed: int) -> Iterator[None]:
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
 
 
 def _autocast(engine: Engine) -> contextlib.AbstractContextManager:
@@ -441,7 +467,8 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
                                                      cfg.grad_clip, norm)
             if engine.spec is not None and i == len(batches) - 1:
                 group_grads = _group_grad_stats(model, engine.spec)
-            engine.scaler.step(engine.optimizer)
+            with _step_rng(engine, epoch, i):
+                engine.scaler.step(engine.optimizer)
             engine.scaler.update()
             engine.scheduler.step()
             engine.optimizer.zero_grad(set_to_none=True)

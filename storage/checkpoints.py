@@ -86,7 +86,9 @@ def save_checkpoint(
         files[EMA_FILE] = {"group": "ema",
                            **_write_tensors(folder / EMA_FILE, _narrow(ema_state, dtype))}
     manifest = {"epoch": epoch, "metrics": dict(metrics), "files": files,
-                "dtype": str(dtype or torch.float32).removeprefix("torch.")}
+                "dtype": str(dtype or next((v.dtype for v in state.values()
+                                            if v.is_floating_point()), torch.float32)
+                             ).removeprefix("torch.")}
     write_json(folder / MANIFEST, manifest)
     return manifest
 

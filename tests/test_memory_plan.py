@@ -85,3 +85,24 @@ def test_left_to_the_plan_the_fastest_fitting_option_is_8bit_adamw_and_it_says_w
     assert all(o["step_seconds"] >= fitting[0]["step_seconds"] for o in fitting)
     settings = json.loads((tmp_path / "redheart" / "settings.json").read_text())
     assert settings["settings"]["train.optimizer"] == "adamw8bit"
+
+
+@pytest.mark.skipif(not available("adamw8bit"), reason="torchao is not installed")
+def test_a_session_recorded_before_optimizers_existed_resumes_with_adamw_under_its_budget(
+        tmp_path):
+    model = build_model("tiny", device="meta")
+    shape = TrainShape(64, 48, "fp32")
+    plain = plan_memory(model, shape)["total"]
+    eight = plan_memory(model, replace(shape, optimizer="adamw8bit"))["total"]
+    # The budget at which a new session picks 8-bit AdamW (the test above).
+    budget = ["--gpu-memory-gib", f"{(plain + eight) / 2 / GIB:.9f}"]
+    first = _run(tmp_path, "--optimizer", "adamw", *budget)
+    assert first.returncode == 0, first.stderr[-2000:]
+    path = tmp_path / "redheart" / "settings.json"
+    recorded = json.loads(path.read_text())
+    del recorded["settings"]["train.optimizer"]  # as the version before --optimizer wrote it
+    path.write_text(json.dumps(recorded))
+    again = _run(tmp_path, *budget)  # left to itself, this budget would pick 8-bit AdamW
+    assert again.returncode == 0, again.stderr[-2000:]
+    plan = json.loads((tmp_path / "redheart" / "memory_plan.json").read_text())
+    assert plan["optimizer"] == "adamw"

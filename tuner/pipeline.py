@@ -31,7 +31,7 @@ from model.memory import (
     plan_memory,
     plan_table,
 )
-from model.optimizers import OPTIMIZERS, OPTIONS, available
+from model.optimizers import OPTIMIZERS, OPTIONS, available, check_choice
 from model.plugin import build
 from storage import (
     CheckpointError,
@@ -79,7 +79,7 @@ from .report import (
     write_report,
 )
 from .selection import grid_edge, grid_verdict, next_lr_beyond, select_lr
-from .settings import check_settings, check_study_settings
+from .settings import SETTINGS_FILE, check_settings, check_study_settings
 from .sweet_spot import OverfitConfig, find_sweet_spots
 from .uncertainty import BootstrapConfig
 
@@ -124,12 +124,18 @@ def _model_max_length(cfg: PipelineConfig) -> int:
     return model_max_length(cfg.preset, cfg.model, cfg.max_length)
 
 
-def _shape(cfg: PipelineConfig, max_length: int) -> TrainShape:
+def _precision(cfg: PipelineConfig) -> str:
+    """The autocast the engine will use (``model.training``'s rule for "auto")."""
     precision = cfg.train.precision
     if not cfg.device.startswith("cuda"):
-        precision = "fp32"
-    elif precision == "auto":
-        precision = "bf16"
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def _shape(cfg: PipelineConfig, max_length: int) -> TrainShape:
+    precision = _precision(cfg)
     return TrainShape(cfg.train.batch_size, max_length, precision, cfg.train.r_drop > 0,
                       cfg.train.ema_decay > 0 and cfg.train.ema_device != "cpu",
                       bool(cfg.activation_checkpointing), _optimizer(cfg))
@@ -141,12 +147,34 @@ def _optimizer(cfg: PipelineConfig) -> str:
 
 
 def _optimizers_to_try(cfg: PipelineConfig) -> list[str]:
-    """What --gpu-memory-gib may switch to: any installed optimizer that runs on this
-    device, unless --optimizer names one."""
+    """What --gpu-memory-gib may switch to: any optimizer this run can use (installed, on
+    this device, at this precision, in this many processes), unless --optimizer names one."""
     if cfg.train.optimizer != "auto":
         return [cfg.train.optimizer]
-    return [name for name in OPTIMIZERS if available(name)
-            and (cfg.device.startswith("cuda") or not OPTIONS[name].needs_cuda)]
+    launch = launch_from_env()
+    usable = []
+    for name in OPTIMIZERS:
+        try:
+            check_choice(name, cfg.device, _precision(cfg), launch.world if launch else 1)
+        except ValueError:
+            continue
+        usable.append(name)
+    return usable
+
+
+def _recorded_before_optimizers(cfg: PipelineConfig) -> PipelineConfig:
+    """A session recorded before --optimizer existed trained with AdamW: its rerun keeps
+    AdamW (with the budget, the plan now might pick another and refuse the resume)."""
+    path = Path(cfg.backup_dir) / cfg.study / SETTINGS_FILE
+    if cfg.train.optimizer != "auto" or not path.is_file():
+        return cfg
+    try:
+        recorded = read_json(path).get("settings", {})
+    except (OSError, ValueError, AttributeError):
+        return cfg  # check_settings names what is wrong with it
+    if "train.optimizer" in recorded:
+        return cfg
+    return replace(cfg, train=replace(cfg.train, optimizer="adamw"))
 
 
 def _with_option(cfg: PipelineConfig, pick: FitOption) -> PipelineConfig:
@@ -166,6 +194,11 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
     and whether it changes the numerics; otherwise the run is refused with the smallest
     plan's table and what to change. "auto" is resolved here: the returned config names
     the optimizer the run trains with."""
+    pinned = cfg.train.optimizer != "auto"
+    if pinned:
+        launch = launch_from_env()
+        check_choice(cfg.train.optimizer, cfg.device, _precision(cfg),
+                     launch.world if launch else 1)
     shape = _shape(cfg, max_length)
     parts = plan_memory(model, shape)
     budget = cfg.gpu_memory_gib
@@ -203,14 +236,16 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
             "--batch-size or --max-length, switch off R-Drop (--r-drop 0) or the EMA "
             "(--ema-decay 0), or pick a smaller --preset{}{}".format(
                 budget, pick.describe() if pick else "the run as configured", "\n".join(table),
-                "" if len({o.optimizer for o in candidates}) > 1 else
-                "; without --optimizer the plan may switch optimizers",
+                "; without --optimizer the plan may switch optimizers" if pinned else "",
                 f"; {', '.join(missing)} need pip install -e '.[gpu]'" if missing else ""))
     # Checkpoints keep the training weights' width unless --checkpoint-dtype narrows them.
     width = {"bf16": 2, "fp16": 2}.get(cfg.long_run.checkpoint_dtype or "",
                                        OPTIONS[cfg.train.optimizer].weights_dtype.itemsize)
+    # The EMA is fp32 whatever the weights are; --checkpoint-dtype narrows it too.
+    ema_width = 2 if cfg.long_run.checkpoint_dtype in ("bf16", "fp16") else 4
     disk = disk_plan(model, cfg.long_run.epochs // cfg.long_run.checkpoint_every, width,
-                     cfg.train.ema_decay > 0, optimizer=cfg.train.optimizer)
+                     cfg.train.ema_decay > 0, optimizer=cfg.train.optimizer,
+                     ema_bytes=ema_width)
     logger.info("disk plan of the long run: %.2f GiB (%d checkpoints at %s: %.2f GiB, the EMA "
                 "once: %.2f GiB, 2 resume states: %.2f GiB)", disk["total"] / GIB,
                 cfg.long_run.epochs // cfg.long_run.checkpoint_every,
@@ -262,7 +297,7 @@ def follow(cfg: PipelineConfig, launch: Launch) -> dict:
     # The same plan as rank 0's, so every rank trains with the options it switched on (the
     # optimizer and the weights' dtype must match for DDP; checkpointing for the memory).
     model, _ = _build_fn(cfg, dataset, max_length)()
-    cfg, _ = memory_plan(cfg, model, max_length)
+    cfg, _ = memory_plan(_recorded_before_optimizers(cfg), model, max_length)
     del model
     build_fn = _build_fn(cfg, dataset, max_length)
     if follow_long_run(launch, tuple(dataset.tasks), build_fn, rank_device(cfg.device, launch),
@@ -278,7 +313,7 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     max_length = _model_max_length(cfg)
     build_fn = _build_fn(cfg, dataset, max_length)
     model, spec = build_fn()  # a bad --model or preset fails here, before any trial starts
-    cfg, memory = memory_plan(cfg, model, max_length)
+    cfg, memory = memory_plan(_recorded_before_optimizers(cfg), model, max_length)
     if cfg.activation_checkpointing:
         build_fn = _build_fn(cfg, dataset, max_length)
     logger.info("model: %s with %d parameters", cfg.model or f"RedHeart {cfg.preset}",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import PRESETS, ByteTokenizer, build_model
-from model.optimizers import available, build_optimizer, join_state, split_state
+from model.optimizers import available, build_optimizer, check_choice, join_state, split_state
 from model.training import EncodedData, TrainConfig, build_engine, run_epoch, steps_per_epoch
 from storage.checkpoints import read_resume, save_resume
 from storage.datasets import load_embedded
@@ -117,3 +117,37 @@ def test_the_offload_optimizer_on_a_cpu_is_a_clear_error():
     p = torch.nn.Parameter(torch.zeros(4096))
     with pytest.raises(ValueError, match="'adamw-offload' needs a CUDA device, got 'cpu'"):
         build_optimizer("adamw-offload", [{"params": [p]}], 1e-3, 0.0, torch.device("cpu"))
+
+
+@needs_torchao
+def test_8bit_rounding_draws_do_not_depend_on_the_rank_so_replicas_stay_equal(corpus):
+    # Nothing else random differs (no dropout, no R-Drop): two replicas that see the same
+    # averaged gradient must round it the same way, as DDP assumes.
+    ds, train, val = corpus
+    cfg = TrainConfig(epochs=2, batch_size=32, progress=False, optimizer="adamw8bit",
+                      r_drop=0.0)
+    weights = []
+    for rank in (0, 1):
+        torch.manual_seed(0)
+        model = build_model("tiny", ds.tasks, dropout=0.0)
+        engine = build_engine(model, model.group_spec, ds.tasks, cfg,
+                              steps_per_epoch(len(train), cfg))
+        engine.rank = rank  # world stays 1: each "replica" trains on the whole batch
+        for epoch in (1, 2):
+            run_epoch(engine, train, val, epoch)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize("name, device, precision, world, message", [
+    ("adamw-offload", "cpu", "fp32", 1, "needs a CUDA device"),
+    ("adamw-offload", "cuda", "fp16", 1, "cannot train with fp16"),
+    ("adamw8bit", "cuda", "fp16", 1, "cannot train with fp16"),
+    ("adamw-offload", "cuda", "bf16", 2, "single-process"),
+])
+@needs_torchao
+def test_an_optimizer_the_run_cannot_use_is_refused_before_anything_runs(
+        name, device, precision, world, message):
+    with pytest.raises(ValueError, match=message):
+        check_choice(name, device, precision, world)
+    check_choice("adamw", device, precision, world)  # plain AdamW goes everywhere
