@@ -33,6 +33,7 @@ class RunContext:
     progress: bool = True
     settings: dict[str, Any] | None = None  # what the studies must have been run with
     launch: Launch | None = None  # a torchrun job: the long run trains on all its ranks
+    planned_memory_bytes: int | None = None  # the memory plan's total, checked on CUDA
 
     def __post_init__(self) -> None:
         if not self.tasks:

@@ -274,6 +274,14 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
     for epoch in bar:
         metrics = json_safe(run_epoch(engine, ctx.train, ctx.val, epoch))
         crash_point(f"long:epoch={epoch}")  # trained, nothing written yet
+        if ctx.planned_memory_bytes and str(ctx.device).startswith("cuda"):
+            # The plan is made from shapes before training, never from this measurement;
+            # side by side in every epoch's record they check it.
+            metrics["planned_memory_bytes"] = ctx.planned_memory_bytes
+            logger.info("long run epoch %d: GPU peak %.2f GiB measured, %.2f GiB planned "
+                        "(%.2fx)", epoch, metrics["peak_memory_bytes"] / 2**30,
+                        ctx.planned_memory_bytes / 2**30,
+                        metrics["peak_memory_bytes"] / ctx.planned_memory_bytes)
         history.append(metrics)
         if epoch % cfg.checkpoint_every == 0:
             _write_checkpoint(root, epoch, engine, spec, metrics, history, cfg, checkpoints,

@@ -352,7 +352,7 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
         return {}
     ctx = RunContext(tasks=tuple(dataset.tasks), build=build_fn, train=train, val=val,
                      session=session, device=rank_device(cfg.device, launch), heartbeat=heartbeat,
-                     launch=launch,
+                     launch=launch, planned_memory_bytes=memory["components_bytes"]["total"],
                      progress=cfg.train.progress, settings=settings)
 
     # -- phase 1: LR sweep, then selection
