@@ -26,7 +26,14 @@ import statistics
 import torch
 
 from model import ByteTokenizer, build_model, preset_config
-from model.memory import GIB, TrainShape, estimate_step_seconds, plan_memory, tensor_bytes
+from model.memory import (
+    GIB,
+    TrainShape,
+    estimate_step_seconds,
+    lowbit_step_temporary_bytes,
+    plan_memory,
+    tensor_bytes,
+)
 from model.optimizers import available, state_tensor_bytes
 from model.training import (
     EncodedData,
@@ -114,8 +121,8 @@ def main() -> None:
                     + state_tensor_bytes(engine.optimizer)
                     + (tensor_bytes(engine.ema.module.state_dict().values())
                        if engine.ema is not None and ema_device is None else 0))
-        largest = max(p.numel() for p in engine.model.parameters())
-        temporaries = 12 * largest if opt == "adamw8bit" else 0  # planned, not kept
+        temporaries = (lowbit_step_temporary_bytes(engine.model.parameters())
+                       if opt == "adamw8bit" else 0)  # planned, not kept
         plan_state = (planned["weights"] + planned["optimizer_state"] - temporaries
                       + planned["ema"])
         gap = max(abs(a - b) for a, b in zip(losses[label], losses["adamw"], strict=True))

@@ -86,6 +86,12 @@ def lowbit_adamw_state_bytes(params: Iterable[torch.Tensor], dtype_bytes: int = 
     return total
 
 
+def lowbit_step_temporary_bytes(params: Iterable[torch.Tensor]) -> int:
+    """The fp32 temporaries torchao's 8-bit step makes for one tensor at a time (the two
+    dequantized moments and the update): three fp32 copies of the largest tensor."""
+    return 3 * 4 * max((p.numel() for p in params), default=0)
+
+
 def layer_activation_bytes(enc: Encoder, rows: int, seq_len: int, act_bytes: int) -> int:
     """Bytes one pre-norm layer saves for backward, for ``rows`` sequences.
 
@@ -129,9 +135,9 @@ def plan_memory(model: nn.Module, shape: TrainShape) -> dict[str, int]:
     included) with ``shape.optimizer`` in ``shape``; ``total`` sums them.
 
     adamw8bit: weights and gradients in bf16, moments as torchao stores them, and the fp32
-    temporaries its step makes for the largest tensor (three: the two moments and the
-    update). adamw-offload: moments of tensors of OFFLOAD_MIN_SIZE values or more live on
-    the CPU; only the small ones' stay on the GPU. The EMA is an fp32 copy either way.
+    temporaries of its step (``lowbit_step_temporary_bytes``). adamw-offload: moments of
+    tensors of OFFLOAD_MIN_SIZE values or more live on the CPU; only the small ones' stay on
+    the GPU. The EMA is an fp32 copy either way.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     width = option(shape.optimizer).weights_dtype.itemsize
@@ -142,8 +148,7 @@ def plan_memory(model: nn.Module, shape: TrainShape) -> dict[str, int]:
 
     fp32 = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
     if shape.optimizer == "adamw8bit":
-        state = lowbit_adamw_state_bytes(params, width)
-        state += 3 * 4 * max((p.numel() for p in params), default=0)
+        state = lowbit_adamw_state_bytes(params, width) + lowbit_step_temporary_bytes(params)
     elif shape.optimizer == "adamw-offload":
         state = adamw_state_bytes([p for p in params if p.numel() < OFFLOAD_MIN_SIZE])
     else:
@@ -294,6 +299,7 @@ __all__ = [
     "fit_options",
     "layer_activation_bytes",
     "lowbit_adamw_state_bytes",
+    "lowbit_step_temporary_bytes",
     "plan_memory",
     "plan_table",
     "tensor_bytes",

@@ -27,9 +27,6 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
-
-OPTIMIZERS = ("adamw", "adamw8bit", "adamw-offload")
 # torchao keeps moments of tensors below this size, or not a multiple of the block, in the
 # parameter's dtype (it follows bitsandbytes here); the plan counts them the same way.
 LOWBIT_MIN_SIZE = 4096
@@ -52,6 +49,7 @@ OPTIONS: dict[str, OptimizerOption] = {
     "adamw8bit": OptimizerOption("adamw8bit", torch.bfloat16, False, "torchao"),
     "adamw-offload": OptimizerOption("adamw-offload", torch.float32, True, "torchao"),
 }
+OPTIMIZERS = tuple(OPTIONS)
 
 
 def option(name: str) -> OptimizerOption:
@@ -128,18 +126,28 @@ def sync_offloaded_weights(optimizer: torch.optim.Optimizer) -> None:
         host_param.detach().copy_(device_param.detach())
 
 
+_NO_FP16 = {
+    "adamw8bit": "it trains bf16 weights, which fp16 autocast cannot use",
+    "adamw-offload": "it steps on CPU copies of the gradients taken during backward, before "
+                     "fp16's GradScaler unscales them",
+}
+
+
+def check_precision(name: str, precision: str) -> None:
+    """fp16 autocast (with its GradScaler) is for plain AdamW only."""
+    if precision == "fp16" and name in _NO_FP16:
+        raise ValueError(f"optimizer {name!r} cannot train with fp16 autocast: "
+                         f"{_NO_FP16[name]}; choose precision bf16 or auto")
+
+
 def check_choice(name: str, device: str, precision: str, world: int = 1) -> None:
     """Refuse, before anything is written, an optimizer this run cannot use: not
     installed, needs CUDA, cannot take fp16's GradScaler, or (offload) several processes:
     torchao's offload copies each gradient to the CPU before DDP averages it."""
     _require(name)
-    opt = option(name)
-    if opt.needs_cuda and not device.startswith("cuda"):
+    if option(name).needs_cuda and not device.startswith("cuda"):
         raise ValueError(f"optimizer {name!r} needs a CUDA device, got {device!r}")
-    if precision == "fp16" and name != "adamw":
-        raise ValueError(f"optimizer {name!r} cannot train with fp16 autocast (its GradScaler "
-                         "needs fp32 weights whose gradients it unscales before the step): "
-                         "choose precision bf16")
+    check_precision(name, precision)
     if name == "adamw-offload" and world > 1:
         raise ValueError(f"optimizer {name!r} is single-process (torchao copies each gradient "
                          f"to the CPU before DDP averages it), got {world} processes")
@@ -212,13 +220,11 @@ def join_tensors(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
 
 
 def _split_one(state: Mapping[str, Any], prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
-    plain: dict[str, Any] = {"state": {}, "param_groups": []}
-    for pid, entries in state["state"].items():
-        plain["state"][str(pid)] = {name: _split_value(v, f"{prefix}.{pid}.{name}", tensors)
-                                    for name, v in entries.items()}
-    plain["param_groups"] = [split_tensors(g, f"{prefix}.group{i}", tensors)
-                             for i, g in enumerate(state["param_groups"])]
-    return plain
+    return {"state": {str(pid): {name: _split_value(v, f"{prefix}.{pid}.{name}", tensors)
+                                 for name, v in entries.items()}
+                      for pid, entries in state["state"].items()},
+            "param_groups": [split_tensors(g, f"{prefix}.group{i}", tensors)
+                             for i, g in enumerate(state["param_groups"])]}
 
 
 def _join_one(plain: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> dict:
@@ -262,6 +268,6 @@ def state_tensor_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 __all__ = ["LOWBIT_BLOCK", "LOWBIT_MIN_SIZE", "OFFLOAD_MIN_SIZE", "OPTIMIZERS", "OPTIONS",
-           "OptimizerOption", "available", "build_optimizer", "check_choice", "clip_targets", "join_state",
-           "join_tensors", "option", "split_state", "split_tensors", "state_tensor_bytes",
-           "sync_offloaded_weights"]
+           "OptimizerOption", "available", "build_optimizer", "check_choice", "check_precision",
+           "clip_targets", "join_state", "join_tensors", "option", "split_state",
+           "split_tensors", "state_tensor_bytes", "sync_offloaded_weights"]

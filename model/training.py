@@ -25,6 +25,7 @@ from .groups import GroupSpec
 from .optimizers import (
     OPTIMIZERS,
     build_optimizer,
+    check_precision,
     clip_targets,
     join_state,
     join_tensors,
@@ -97,16 +98,7 @@ class TrainConfig:
         if self.optimizer not in ("auto", *OPTIMIZERS):
             raise ValueError(f"optimizer must be auto or one of {OPTIMIZERS}, "
                              f"got {self.optimizer!r}")
-        bf16_weights = (self.optimizer != "auto"
-                        and option(self.optimizer).weights_dtype == torch.bfloat16)
-        if bf16_weights and self.precision == "fp16":
-            raise ValueError(f"optimizer {self.optimizer!r} trains bf16 weights, which fp16 "
-                             f"autocast cannot use: choose precision bf16 or auto, got "
-                             f"{self.precision!r}")
-        if self.optimizer == "adamw-offload" and self.precision == "fp16":
-            raise ValueError("optimizer 'adamw-offload' steps on CPU copies of the gradients "
-                             "taken during backward, before fp16's GradScaler unscales them: "
-                             f"choose precision bf16 or auto, got {self.precision!r}")
+        check_precision(self.optimizer, self.precision)
         if not 0.0 < self.llrd_decay <= 1.0:
             raise ValueError(f"llrd_decay must be in (0, 1], got {self.llrd_decay!r}")
         if self.analyzer_lr_scale <= 0:
@@ -253,9 +245,8 @@ def build_engine(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, steps_per_epoch * config.epochs))
     amp_dtype = _resolve_precision(config.precision, device)
-    if amp_dtype == torch.float16 and name != "adamw":
-        raise ValueError(f"optimizer {name!r} cannot train with fp16 autocast (precision "
-                         f"{config.precision!r} on this device): choose precision bf16")
+    if amp_dtype == torch.float16:  # also what "auto" resolved to on this device
+        check_precision(name, "fp16")
     # Disabled, every scaler call passes through: one code path for fp16 and the rest.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = (build_ema(model, config.ema_decay, config.ema_device, dtype=torch.float32)

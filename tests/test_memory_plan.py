@@ -30,6 +30,16 @@ def _totals() -> tuple[float, float]:
         "total"] / GIB for c in (False, True))
 
 
+def _eight_bit_budget() -> str:
+    """A budget (GiB) halfway between the smoke run's plan with AdamW and with 8-bit AdamW."""
+    model = build_model("tiny", device="meta")
+    shape = TrainShape(64, 48, "fp32")
+    plain = plan_memory(model, shape)["total"]
+    eight = plan_memory(model, replace(shape, optimizer="adamw8bit"))["total"]
+    assert eight < plain
+    return f"{(plain + eight) / 2 / GIB:.9f}"
+
+
 def test_a_budget_only_checkpointing_fits_switches_it_on_and_says_why(tmp_path):
     plain, checkpointed = _totals()
     out = _run(tmp_path, "--optimizer", "adamw", "--gpu-memory-gib",
@@ -69,12 +79,7 @@ def test_when_only_both_options_fit_both_are_switched_on(tmp_path):
 @pytest.mark.skipif(not available("adamw8bit"), reason="torchao is not installed")
 def test_left_to_the_plan_the_fastest_fitting_option_is_8bit_adamw_and_it_says_what_changes(
         tmp_path):
-    model = build_model("tiny", device="meta")
-    shape = TrainShape(64, 48, "fp32")
-    plain = plan_memory(model, shape)["total"]
-    eight = plan_memory(model, replace(shape, optimizer="adamw8bit"))["total"]
-    assert eight < plain
-    out = _run(tmp_path, "--gpu-memory-gib", f"{(plain + eight) / 2 / GIB:.9f}")
+    out = _run(tmp_path, "--gpu-memory-gib", _eight_bit_budget())
     assert out.returncode == 0, out.stderr[-2000:]
     assert "bf16 weights with torchao's 8-bit AdamW brings it to" in out.stderr
     assert "this changes the numerics" in out.stderr
@@ -90,12 +95,8 @@ def test_left_to_the_plan_the_fastest_fitting_option_is_8bit_adamw_and_it_says_w
 @pytest.mark.skipif(not available("adamw8bit"), reason="torchao is not installed")
 def test_a_session_recorded_before_optimizers_existed_resumes_with_adamw_under_its_budget(
         tmp_path):
-    model = build_model("tiny", device="meta")
-    shape = TrainShape(64, 48, "fp32")
-    plain = plan_memory(model, shape)["total"]
-    eight = plan_memory(model, replace(shape, optimizer="adamw8bit"))["total"]
     # The budget at which a new session picks 8-bit AdamW (the test above).
-    budget = ["--gpu-memory-gib", f"{(plain + eight) / 2 / GIB:.9f}"]
+    budget = ["--gpu-memory-gib", _eight_bit_budget()]
     first = _run(tmp_path, "--optimizer", "adamw", *budget)
     assert first.returncode == 0, first.stderr[-2000:]
     path = tmp_path / "redheart" / "settings.json"

@@ -60,6 +60,7 @@ from .dashboard import ARTIFACT_DIR, publish
 from .distributed import DONE, Launch, announce, launch_from_env, rank_device
 from .final import HF_FINAL, build_candidates, build_test_table, load_final_model, write_final_model
 from .long_run import (
+    CHECKPOINT_DTYPES,
     PHASE4_DONE_ATTR,
     claim_phase4,
     follow_long_run,
@@ -146,16 +147,15 @@ def _optimizer(cfg: PipelineConfig) -> str:
     return "adamw" if cfg.train.optimizer == "auto" else cfg.train.optimizer
 
 
-def _optimizers_to_try(cfg: PipelineConfig) -> list[str]:
+def _optimizers_to_try(cfg: PipelineConfig, world: int) -> list[str]:
     """What --gpu-memory-gib may switch to: any optimizer this run can use (installed, on
-    this device, at this precision, in this many processes), unless --optimizer names one."""
+    this device, at this precision, in ``world`` processes), unless --optimizer names one."""
     if cfg.train.optimizer != "auto":
         return [cfg.train.optimizer]
-    launch = launch_from_env()
     usable = []
     for name in OPTIMIZERS:
         try:
-            check_choice(name, cfg.device, _precision(cfg), launch.world if launch else 1)
+            check_choice(name, cfg.device, _precision(cfg), world)
         except ValueError:
             continue
         usable.append(name)
@@ -185,27 +185,26 @@ def _with_option(cfg: PipelineConfig, pick: FitOption) -> PipelineConfig:
                    activation_checkpointing=pick.activation_checkpointing or None)
 
 
-def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
-                max_length: int) -> tuple[PipelineConfig, dict]:
+def memory_plan(cfg: PipelineConfig, model: torch.nn.Module, max_length: int,
+                world: int = 1) -> tuple[PipelineConfig, dict]:
     """The GPU memory plan of this run (``model.memory``), printed on CUDA or with a
     budget. Over ``--gpu-memory-gib``: of every combination of the optimizers (unless
     --optimizer names one), activation checkpointing and the EMA on the CPU, the one with
     the fastest estimated step that fits is switched on, and the log says what it costs
     and whether it changes the numerics; otherwise the run is refused with the smallest
     plan's table and what to change. "auto" is resolved here: the returned config names
-    the optimizer the run trains with."""
+    the optimizer the run trains with. ``world``: the processes of a torchrun job."""
     pinned = cfg.train.optimizer != "auto"
     if pinned:
-        launch = launch_from_env()
-        check_choice(cfg.train.optimizer, cfg.device, _precision(cfg),
-                     launch.world if launch else 1)
+        check_choice(cfg.train.optimizer, cfg.device, _precision(cfg), world)
     shape = _shape(cfg, max_length)
     parts = plan_memory(model, shape)
     budget = cfg.gpu_memory_gib
     chosen, candidates, pick, configured = "as configured", [], None, parts["total"]
     if budget is not None and parts["total"] > budget * GIB:
         as_is = estimate_step_seconds(model, shape, cfg.train.grad_accum)["total"]
-        candidates = fit_options(model, shape, cfg.train.grad_accum, _optimizers_to_try(cfg))
+        candidates = fit_options(model, shape, cfg.train.grad_accum,
+                                 _optimizers_to_try(cfg, world))
         fitting = [o for o in candidates if o.total_bytes <= budget * GIB]
         pick = fitting[0] if fitting else min(candidates, key=lambda o: o.total_bytes)
         cfg = _with_option(cfg, pick)
@@ -238,20 +237,17 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module,
                 budget, pick.describe() if pick else "the run as configured", "\n".join(table),
                 "; without --optimizer the plan may switch optimizers" if pinned else "",
                 f"; {', '.join(missing)} need pip install -e '.[gpu]'" if missing else ""))
-    # Checkpoints keep the training weights' width unless --checkpoint-dtype narrows them.
-    width = {"bf16": 2, "fp16": 2}.get(cfg.long_run.checkpoint_dtype or "",
-                                       OPTIONS[cfg.train.optimizer].weights_dtype.itemsize)
-    # The EMA is fp32 whatever the weights are; --checkpoint-dtype narrows it too.
-    ema_width = 2 if cfg.long_run.checkpoint_dtype in ("bf16", "fp16") else 4
-    disk = disk_plan(model, cfg.long_run.epochs // cfg.long_run.checkpoint_every, width,
-                     cfg.train.ema_decay > 0, optimizer=cfg.train.optimizer,
-                     ema_bytes=ema_width)
+    # Checkpoints keep the training weights' dtype and the EMA its fp32, unless
+    # --checkpoint-dtype narrows both.
+    narrow = CHECKPOINT_DTYPES[cfg.long_run.checkpoint_dtype or "fp32"]
+    stored = narrow or OPTIONS[cfg.train.optimizer].weights_dtype
+    disk = disk_plan(model, cfg.long_run.epochs // cfg.long_run.checkpoint_every,
+                     stored.itemsize, cfg.train.ema_decay > 0, optimizer=cfg.train.optimizer,
+                     ema_bytes=(narrow or torch.float32).itemsize)
     logger.info("disk plan of the long run: %.2f GiB (%d checkpoints at %s: %.2f GiB, the EMA "
                 "once: %.2f GiB, 2 resume states: %.2f GiB)", disk["total"] / GIB,
                 cfg.long_run.epochs // cfg.long_run.checkpoint_every,
-                cfg.long_run.checkpoint_dtype or str(OPTIONS[cfg.train.optimizer]
-                                                     .weights_dtype).removeprefix("torch."),
-                disk["checkpoints"] / GIB,
+                str(stored).removeprefix("torch."), disk["checkpoints"] / GIB,
                 disk["ema"] / GIB, disk["resume_states"] / GIB)
     return cfg, {"components_bytes": parts, "budget_gib": budget, "chosen": chosen,
                  "optimizer": cfg.train.optimizer,
@@ -297,7 +293,7 @@ def follow(cfg: PipelineConfig, launch: Launch) -> dict:
     # The same plan as rank 0's, so every rank trains with the options it switched on (the
     # optimizer and the weights' dtype must match for DDP; checkpointing for the memory).
     model, _ = _build_fn(cfg, dataset, max_length)()
-    cfg, _ = memory_plan(_recorded_before_optimizers(cfg), model, max_length)
+    cfg, _ = memory_plan(_recorded_before_optimizers(cfg), model, max_length, launch.world)
     del model
     build_fn = _build_fn(cfg, dataset, max_length)
     if follow_long_run(launch, tuple(dataset.tasks), build_fn, rank_device(cfg.device, launch),
@@ -313,7 +309,8 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     max_length = _model_max_length(cfg)
     build_fn = _build_fn(cfg, dataset, max_length)
     model, spec = build_fn()  # a bad --model or preset fails here, before any trial starts
-    cfg, memory = memory_plan(_recorded_before_optimizers(cfg), model, max_length)
+    cfg, memory = memory_plan(_recorded_before_optimizers(cfg), model, max_length,
+                              launch.world if launch else 1)
     if cfg.activation_checkpointing:
         build_fn = _build_fn(cfg, dataset, max_length)
     logger.info("model: %s with %d parameters", cfg.model or f"RedHeart {cfg.preset}",
