@@ -22,7 +22,7 @@ from _runs import ROOT, STUDY, command, finish
 from optuna.trial import TrialState
 
 from storage.studies import create_storage
-from tuner.lr_sweep import PRESET_GRIDS
+from tuner.lr_sweep import PRESET_GRIDS, trial_lr
 
 
 def _free_port() -> int:
@@ -109,14 +109,17 @@ def test_two_workers_share_the_grid_and_one_of_them_runs_the_rest(tmp_path, back
 
     storage = create_storage(url)
     sweep = optuna.load_study(study_name=f"{STUDY}-lr-sweep", storage=storage)
-    finished = Counter(t.params["lr"] for t in sweep.trials
-                       if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    ended = [t for t in sweep.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # A worker that asks for a trial just after the other claimed the last free point
+    # finds nothing to run: that trial ends PRUNED with no LR and says why.
+    claimed = [t for t in ended if trial_lr(t) is not None]
+    assert all("unused" in t.user_attrs for t in ended if trial_lr(t) is None)
+    finished = Counter(trial_lr(t) for t in claimed)
     # Each point once (an edge extension, if any, adds points beyond the grid, once each too).
     assert set(PRESET_GRIDS["ngram"]) <= set(finished) and set(finished.values()) == {1}
     # Points are claimed before they start: no trial ends FAILED as a duplicate.
     assert [t.number for t in sweep.trials if t.state == TrialState.FAIL] == []
-    ran_by = {t.user_attrs["worker"] for t in sweep.trials
-              if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    ran_by = {t.user_attrs["worker"] for t in claimed}
     long_run = optuna.load_study(study_name=f"{STUDY}-long-run", storage=storage)
     assert [t.state for t in long_run.trials].count(TrialState.COMPLETE) == 1
     crossover = optuna.load_study(study_name=f"{STUDY}-crossover", storage=storage)
