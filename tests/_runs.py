@@ -14,6 +14,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from tuner.lr_sweep import trial_lr
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "c"
 SMOKE = ["--smoke", "--no-progress", "--study", STUDY, "--seed", "3"]
@@ -60,7 +62,9 @@ def outcome(backup: Path) -> dict:
     sweep = optuna.load_study(study_name=f"{STUDY}-lr-sweep", storage=storage)
     long_run = optuna.load_study(study_name=f"{STUDY}-long-run", storage=storage)
     crossover = optuna.load_study(study_name=f"{STUDY}-crossover", storage=storage)
-    finished = [t for t in sweep.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # A trial that found every grid point claimed (ends PRUNED without an LR) ran nothing.
+    finished = [t for t in sweep.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                and trial_lr(t) is not None]
     counts = Counter(t.params["lr"] for t in finished)
     assert all(n == 1 for n in counts.values()), counts  # no grid point finished twice
     done = [t for t in long_run.trials if t.state == TrialState.COMPLETE]
