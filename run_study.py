@@ -32,7 +32,7 @@ from model.training import TrainConfig
 from storage import read_json
 from storage.studies import dashboard_command, mask_url
 from tuner.dashboard import ARTIFACT_DIR
-from tuner.distributed import launch_from_env
+from tuner.distributed import end_follower, launch_from_env
 from tuner.long_run import LongRunConfig
 from tuner.lr_sweep import PRESET_GRIDS, STRATEGY_GRID, SweepConfig
 from tuner.pipeline import PipelineConfig, run, storage_url
@@ -418,8 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         # Log lines go through tqdm, so they never land in the middle of a progress bar.
         with logging_redirect_tqdm():
             run(cfg)
-        if not follower:
-            _print_summary(cfg)
+        if follower:
+            end_follower(0)  # never returns: see tuner.distributed.end_follower for why
+        _print_summary(cfg)
     except (ValueError, OSError) as e:
         # Errors a user can cause: a message and a non-zero exit, not a traceback.
         if first.debug:

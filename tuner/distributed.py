@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -129,6 +131,23 @@ def process_group(launch: Launch, device: str) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def end_follower(code: int) -> NoReturn:
+    """A follower's exit once its work is done: logs and streams flushed, then
+    ``os._exit`` without the interpreter's teardown.
+
+    DistributedDataParallel keeps its process group alive past
+    ``destroy_process_group`` (torch 2.13: a gloo group's worker and TCP-loop threads
+    are still running after the wrapper is deleted and collected), and a process that
+    tears down while rank 0 still holds the other end of those connections now and then
+    aborts in C++ ("terminate called without an active exception", SIGABRT), which
+    torchrun reports as a failed job and answers by killing rank 0. A follower holds
+    nothing that needs the teardown: it never writes the session folder or the storage."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _comm_device() -> torch.device:

@@ -3,6 +3,11 @@ tests/test_distributed.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tuner.distributed import Launch, launch_from_env, rank_device
@@ -37,3 +42,21 @@ def test_a_launch_is_checked_at_construction():
     with pytest.raises(ValueError, match="got 2"):
         Launch(rank=2, world=2, local_rank=0, master_addr="h", master_port=1, run_id="r",
                restart=0)
+
+
+_FOLLOWER = """
+import sys, threading
+from tuner.distributed import end_follower
+# A thread nobody stops: a normal interpreter exit would wait on it for ever.
+threading.Thread(target=threading.Event().wait).start()
+print("rank 1: the long run is done; leaving")  # block-buffered: stdout is a pipe
+end_follower(3)
+"""
+
+
+def test_a_follower_leaves_with_its_code_and_output_without_the_interpreters_teardown():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    out = subprocess.run([sys.executable, "-c", _FOLLOWER], cwd=Path(__file__).parents[2],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout == "rank 1: the long run is done; leaving\n"
