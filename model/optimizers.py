@@ -83,10 +83,8 @@ def _require(name: str) -> None:
 def build_optimizer(name: str, groups: Sequence[dict], lr: float, weight_decay: float,
                     device: torch.device) -> torch.optim.Optimizer:
     """The optimizer ``name`` over parameter ``groups`` (each with its own ``lr``)."""
-    opt = option(name)
     _require(name)
-    if opt.needs_cuda and device.type != "cuda":
-        raise ValueError(f"optimizer {name!r} needs a CUDA device, got {device.type!r}")
+    _check_device(name, device.type)
     if name == "adamw":
         # fused: one kernel for all parameters (CPU and CUDA); ~10% of a tiny model's step otherwise.
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
@@ -140,17 +138,26 @@ def check_precision(name: str, precision: str) -> None:
                          f"{_NO_FP16[name]}; choose precision bf16 or auto")
 
 
-def check_choice(name: str, device: str, precision: str, world: int = 1) -> None:
-    """Refuse, before anything is written, an optimizer this run cannot use: not
-    installed, needs CUDA, cannot take fp16's GradScaler, or (offload) several processes:
-    torchao's offload copies each gradient to the CPU before DDP averages it."""
-    _require(name)
+def _check_device(name: str, device: str) -> None:
     if option(name).needs_cuda and not device.startswith("cuda"):
         raise ValueError(f"optimizer {name!r} needs a CUDA device, got {device!r}")
-    check_precision(name, precision)
+
+
+def check_world(name: str, world: int) -> None:
+    """The offload optimizer is single-process: torchao copies each gradient to the CPU
+    before DDP averages it."""
     if name == "adamw-offload" and world > 1:
         raise ValueError(f"optimizer {name!r} is single-process (torchao copies each gradient "
                          f"to the CPU before DDP averages it), got {world} processes")
+
+
+def check_choice(name: str, device: str, precision: str, world: int = 1) -> None:
+    """Refuse, before anything is written, an optimizer this run cannot use: not
+    installed, needs CUDA, cannot take fp16's GradScaler, or (offload) several processes."""
+    _require(name)
+    _check_device(name, device)
+    check_precision(name, precision)
+    check_world(name, world)
 
 
 # -- state: named tensors + JSON ---------------------------------------------------------------
@@ -269,5 +276,6 @@ def state_tensor_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 __all__ = ["LOWBIT_BLOCK", "LOWBIT_MIN_SIZE", "OFFLOAD_MIN_SIZE", "OPTIMIZERS", "OPTIONS",
            "OptimizerOption", "available", "build_optimizer", "check_choice", "check_precision",
+           "check_world",
            "clip_targets", "join_state", "join_tensors", "option", "split_state",
            "split_tensors", "state_tensor_bytes", "sync_offloaded_weights"]

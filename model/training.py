@@ -26,6 +26,7 @@ from .optimizers import (
     OPTIMIZERS,
     build_optimizer,
     check_precision,
+    check_world,
     clip_targets,
     join_state,
     join_tensors,
@@ -110,6 +111,12 @@ class TrainConfig:
         if self.precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {_PRECISIONS}, got {self.precision!r}")
 
+    @property
+    def resolved_optimizer(self) -> str:
+        """The optimizer the engine builds: "auto" is AdamW (the pipeline's memory plan
+        names another when a budget needs it)."""
+        return "adamw" if self.optimizer == "auto" else self.optimizer
+
     @classmethod
     def plain(cls, **kw: object) -> TrainConfig:
         """Every extra technique off: AdamW + cosine, fp32, no smoothing/R-Drop/EMA/LLRD/clip."""
@@ -157,8 +164,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def _resolve_precision(requested: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for fp32."""
+def resolve_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32 ("auto": bf16 where the GPU has it, else fp16)."""
     if device.type != "cuda":
         if requested in ("bf16", "fp16"):
             raise ValueError(f"precision {requested!r} needs a CUDA device, got {device.type!r}")
@@ -237,14 +244,14 @@ def build_engine(
     far below bf16's resolution of 1/128 relative.
     """
     device = torch.device(device)
-    name = "adamw" if config.optimizer == "auto" else config.optimizer
+    name = config.resolved_optimizer
     weights_dtype = option(name).weights_dtype
     model.to(device=device, dtype=weights_dtype)
     groups = llrd_param_groups(model, spec, config.lr, config.llrd_decay, config.analyzer_lr_scale)
     optimizer = build_optimizer(name, groups, config.lr, config.weight_decay, device)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, steps_per_epoch * config.epochs))
-    amp_dtype = _resolve_precision(config.precision, device)
+    amp_dtype = resolve_precision(config.precision, device)
     if amp_dtype == torch.float16:  # also what "auto" resolved to on this device
         check_precision(name, "fp16")
     # Disabled, every scaler call passes through: one code path for fp16 and the rest.
@@ -262,9 +269,7 @@ def distribute(engine: Engine) -> None:
     from torch.distributed import get_rank, get_world_size
     from torch.nn.parallel import DistributedDataParallel
 
-    if engine.config.optimizer == "adamw-offload":
-        raise ValueError("optimizer 'adamw-offload' is single-process: torchao copies each "
-                         "gradient to the CPU before DDP averages it")
+    check_world(engine.config.resolved_optimizer, get_world_size())
     device_ids = [engine.device.index] if engine.device.type == "cuda" else None
     engine.ddp = DistributedDataParallel(engine.model, device_ids=device_ids)
     engine.rank, engine.world = get_rank(), get_world_size()

@@ -33,6 +33,7 @@ from model.memory import (
 )
 from model.optimizers import OPTIMIZERS, OPTIONS, available, check_choice
 from model.plugin import build
+from model.training import resolve_precision
 from storage import (
     CheckpointError,
     Dataset,
@@ -126,25 +127,18 @@ def _model_max_length(cfg: PipelineConfig) -> int:
 
 
 def _precision(cfg: PipelineConfig) -> str:
-    """The autocast the engine will use (``model.training``'s rule for "auto")."""
-    precision = cfg.train.precision
+    """The autocast the engine will use, by name."""
     if not cfg.device.startswith("cuda"):
         return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
+    amp = resolve_precision(cfg.train.precision, torch.device(cfg.device))
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
 
 
 def _shape(cfg: PipelineConfig, max_length: int) -> TrainShape:
     precision = _precision(cfg)
     return TrainShape(cfg.train.batch_size, max_length, precision, cfg.train.r_drop > 0,
                       cfg.train.ema_decay > 0 and cfg.train.ema_device != "cpu",
-                      bool(cfg.activation_checkpointing), _optimizer(cfg))
-
-
-def _optimizer(cfg: PipelineConfig) -> str:
-    """The run's optimizer; "auto" trains with AdamW unless a budget needs another."""
-    return "adamw" if cfg.train.optimizer == "auto" else cfg.train.optimizer
+                      bool(cfg.activation_checkpointing), cfg.train.resolved_optimizer)
 
 
 def _optimizers_to_try(cfg: PipelineConfig, world: int) -> list[str]:
@@ -222,7 +216,7 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module, max_length: int,
             chosen = f"{pick.describe()}, the fastest option that fits"
         else:
             chosen = "the smallest plan this installation can make"
-    cfg = replace(cfg, train=replace(cfg.train, optimizer=_optimizer(cfg)))
+    cfg = replace(cfg, train=replace(cfg.train, optimizer=cfg.train.resolved_optimizer))
     table = plan_table(parts, budget)
     if budget is not None or cfg.device.startswith("cuda"):
         logger.info("GPU memory plan (%s; %s, batch %d x %d tokens, %s):\n%s", chosen,
