@@ -37,7 +37,7 @@ from tuner.long_run import LongRunConfig
 from tuner.lr_sweep import PRESET_GRIDS, STRATEGY_GRID, SweepConfig
 from tuner.pipeline import PipelineConfig, run, storage_url
 from tuner.report import run_summary
-from tuner.sweet_spot import CRITERIA, OverfitConfig
+from tuner.sweet_spot import CRITERIA, METHODS, OverfitConfig
 
 logger = logging.getLogger("run_study")
 
@@ -172,6 +172,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--stop-after", type=int, choices=range(5), metavar="{0..4}",
                    help="the last phase to run (0: data quality only; 4: everything) "
                         f"{d(P, 'stop_after')}")
+    t.add_argument("--monitor",
+                   help="what 'better on val' means for every decision of phases 3 and 4 "
+                        "(overfitting point, sweet spots, best single checkpoint, crossover, "
+                        "soups, final model): val_loss, val_acc, val_macro_f1 (primary task) or "
+                        "TASK:METRIC (accuracy, macro_f1, micro_f1, mse, loss); the direction "
+                        "follows the name, ties go to the lower val loss; phase 1 keeps the "
+                        f"strategy's own criteria {d(P, 'monitor')}")
+    t.add_argument("--min-delta", type=float,
+                   help="the smallest change of the monitor that counts as an improvement "
+                        f"when checkpoints are compared in epoch order {d(P, 'min_delta')}")
+    t.add_argument("--sweet-spot-method", choices=("auto", *METHODS),
+                   help="splice: each group's sweet spot is the checkpoint whose weights for "
+                        "that group alone, spliced into the best single checkpoint, score best "
+                        "on val; module-loss: the strategy's score on the group's own losses; "
+                        "auto: module-loss where the model declares per-module losses, else "
+                        f"splice {d(P, 'sweet_spot_method')}")
     t.add_argument("--overfit-criterion", choices=(*CRITERIA, "seed"),
                    help="which overfitting criterion bounds the sweet spots (all are reported; "
                         f"'seed' is the old name of 'gap-rise') {d(OverfitConfig, 'decide_by')}")
@@ -285,6 +301,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                 test_ratio="test_ratio", dedup_threshold="dedup_threshold",
                 conflict_policy="conflict_policy", selection_method="selection_method",
                 crossover_trials="crossover_trials", stop_after="stop_after",
+                monitor="monitor", min_delta="min_delta", sweet_spot_method="sweet_spot_method",
                 heartbeat_interval="heartbeat_interval", grace_period="grace_period")
     if args.label_fields is not None:
         top["label_fields"] = tuple(f.strip() for f in args.label_fields.split(",") if f.strip())

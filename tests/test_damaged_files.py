@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from model import build_model
 from storage.checkpoints import save_checkpoint
-from tuner.pipeline import intact_checkpoints
+from tuner.analysis import intact_checkpoints
 
 
 def _flip(f):

@@ -19,7 +19,7 @@ from tuner.lr_sweep import PRESET_GRIDS
 
 # What must equal the single-worker run (the rest names trials, workers or times).
 SAME = ("best_lr", "sweet_spots", "overfitting_point", "crossover_recipe",
-        "crossover_best_val_loss", "test_table", "data_stats")
+        "crossover_best_value", "test_table", "data_stats")
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """What is searched and decided: one module per phase, plus the pipeline that runs them."""
 
+from .analysis import analyze_long_run, intact_checkpoints
 from .baselines import BaselineConfig, linear_baseline, majority_class
 from .context import RunContext
 from .crossover import ResumableTPESampler, assemble_state, load_crossover, run_crossover_study
@@ -24,6 +25,7 @@ from .lr_sweep import (
     run_lr_sweep,
     sweep_outcome,
 )
+from .monitor import Monitor
 from .pipeline import PipelineConfig, prepare_data, run
 from .predict import Predictor, load_predictor, predict
 from .pruning import PruneRule, SweepPruner, prune_reason
@@ -38,6 +40,7 @@ from .selection import (
     select_lr,
 )
 from .settings import FORMAT_VERSION, IncompatibleSession, SettingsChanged, check_settings
+from .splice import splice_evaluations
 from .sweet_spot import OverfitConfig, find_sweet_spots
 from .uncertainty import BootstrapConfig, confidence, verdict
 
@@ -52,6 +55,7 @@ __all__ = [
     "IncompatibleSession",
     "Launch",
     "LongRunConfig",
+    "Monitor",
     "OverfitConfig",
     "PipelineConfig",
     "Predictor",
@@ -62,6 +66,7 @@ __all__ = [
     "SettingsChanged",
     "SweepConfig",
     "SweepPruner",
+    "analyze_long_run",
     "assemble_state",
     "average_states",
     "build_candidates",
@@ -77,6 +82,7 @@ __all__ = [
     "grid_claims",
     "grid_edge",
     "grid_verdict",
+    "intact_checkpoints",
     "ks_statistic",
     "launch_from_env",
     "linear_baseline",
@@ -98,6 +104,7 @@ __all__ = [
     "run_lr_sweep",
     "run_summary",
     "select_lr",
+    "splice_evaluations",
     "stratified_split",
     "sweep_outcome",
     "variant_recipes",

@@ -9,8 +9,9 @@ from model.training import TrainConfig
 from ._workers import HEARTBEAT_INTERVAL_S
 from .long_run import LongRunConfig
 from .lr_sweep import SweepConfig
+from .monitor import Monitor
 from .selection import SelectionWeights
-from .sweet_spot import OverfitConfig
+from .sweet_spot import METHODS, OverfitConfig
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class PipelineConfig:
     selection_method: str = "normalized"
     overfit: OverfitConfig = field(default_factory=OverfitConfig)
     crossover_trials: int = 30
+    # What "better on val" means for every decision of phases 3 and 4 (tuner.monitor).
+    monitor: str = "val_loss"
+    min_delta: float = 0.0
+    # Sweet spots: "auto" = each group's own losses where the model declares them, splicing
+    # otherwise; "splice" or "module-loss" for every group that has that evidence.
+    sweet_spot_method: str = "auto"
     stop_after: int = 4  # the last phase to run (0-4)
     # Signs of life between workers (see tuner._workers): Optuna's heartbeat on RDB storages.
     heartbeat_interval: int = HEARTBEAT_INTERVAL_S
@@ -79,6 +86,10 @@ class PipelineConfig:
         if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
             raise ValueError(f"grace_period must be longer than heartbeat_interval "
                              f"({self.heartbeat_interval} s), got {self.grace_period!r}")
+        Monitor(self.monitor, self.min_delta)  # one ValueError per bad name or delta
+        if self.sweet_spot_method not in ("auto", *METHODS):
+            raise ValueError(f"sweet_spot_method must be auto, {' or '.join(METHODS)}, got "
+                             f"{self.sweet_spot_method!r}")
         if self.crossover_trials < 0:
             raise ValueError(f"crossover_trials must be >= 0, got {self.crossover_trials!r}")
         if not 0 < self.dedup_threshold <= 1:
@@ -89,6 +100,11 @@ class PipelineConfig:
         if self.val_ratio + self.test_ratio >= 1:
             raise ValueError(f"val_ratio + test_ratio must be < 1, got "
                              f"{self.val_ratio!r} + {self.test_ratio!r}")
+
+    @property
+    def run_monitor(self) -> Monitor:
+        """The monitor every decision of phases 3 and 4 uses."""
+        return Monitor(self.monitor, self.min_delta)
 
 
 __all__ = ["PipelineConfig"]

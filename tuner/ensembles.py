@@ -1,11 +1,12 @@
 """Phase 4, beside the crossover: prediction ensembles and weight soups over checkpoints.
 
 - Variant ensemble (the strategy's section 6): the chosen recipe shifted by -4, -2, 0, +2, +4
-  epochs per group (clamped to the saved checkpoints); the members' fused predictions are
-  averaged (class probabilities, label probabilities, regression values).
+  epochs per group (clamped to the saved checkpoints; a window moves as a whole); the
+  members' fused predictions are averaged (class probabilities, label probabilities,
+  regression values).
 - Uniform soup: the average of the weights of every saved checkpoint.
-- Greedy soup (Wortsman et al. 2022, "Model soups"): checkpoints sorted by val accuracy,
-  each one kept in the average only if the averaged weights do not lose val accuracy.
+- Greedy soup (Wortsman et al. 2022, "Model soups"): checkpoints sorted by the run's monitor
+  on val, each one kept in the average only if the averaged weights do not score worse.
 
 Soups stream: at most a running sum, one checkpoint and one candidate are in memory,
 never all checkpoints at once (30 checkpoints of a 730M model would not fit).
@@ -38,16 +39,24 @@ def _nearest(epoch: int, checkpoints: Sequence[int]) -> int:
     return min(checkpoints, key=lambda c: (abs(c - epoch), c))
 
 
-def variant_recipes(recipe: Mapping[str, int], checkpoints: Sequence[int],
+def _shift(value: int | Sequence[int], offset: int, checkpoints: Sequence[int]) -> int | list[int]:
+    """One group's epoch (or window) moved by ``offset``, clamped to the checkpoints."""
+    if isinstance(value, int):
+        return _nearest(value + offset, checkpoints)
+    return sorted({_nearest(e + offset, checkpoints) for e in value})
+
+
+def variant_recipes(recipe: Mapping[str, int | Sequence[int]], checkpoints: Sequence[int],
                     offsets: Sequence[int] = VARIANT_OFFSETS) -> list[dict[str, Any]]:
-    """The strategy's ensemble variants: every group's epoch moved by each offset, clamped to
-    the saved checkpoints. Offsets that land on the same recipe count once."""
+    """The strategy's ensemble variants: every group's epoch (or window) moved by each
+    offset, clamped to the saved checkpoints. Offsets that land on the same recipe count
+    once."""
     if not checkpoints:
         raise ValueError("no checkpoints to build variants from")
     seen: dict[tuple, dict[str, Any]] = {}
     for offset in offsets:
-        shifted = {g: _nearest(e + offset, checkpoints) for g, e in recipe.items()}
-        key = tuple(sorted(shifted.items()))
+        shifted = {g: _shift(e, offset, checkpoints) for g, e in recipe.items()}
+        key = tuple(sorted((g, str(v)) for g, v in shifted.items()))
         if key in seen:
             seen[key]["offsets"].append(offset)
         else:
@@ -55,9 +64,10 @@ def variant_recipes(recipe: Mapping[str, int], checkpoints: Sequence[int],
     return list(seen.values())
 
 
-def greedy_soup_order(accuracies: Mapping[int, float], losses: Mapping[int, float]) -> list[int]:
-    """Checkpoints by val accuracy, best first (ties: lower val loss, then earlier)."""
-    return sorted(accuracies, key=lambda e: (-accuracies[e], losses.get(e, float("inf")), e))
+def greedy_soup_order(scores: Mapping[int, float], losses: Mapping[int, float]) -> list[int]:
+    """Checkpoints by val score (higher is better: an accuracy, or a negated loss), best
+    first (ties: lower val loss, then earlier)."""
+    return sorted(scores, key=lambda e: (-scores[e], losses.get(e, float("inf")), e))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -96,8 +106,9 @@ def greedy_soup(order: Sequence[int], load: Callable[[int], State],
                 score: Callable[[State], float]) -> dict[str, Any]:
     """Wortsman et al.'s greedy soup over ``order`` (best first).
 
-    ``load(epoch)`` gives a checkpoint's state, ``score(state)`` its val accuracy. A
-    checkpoint joins when the soup with it scores at least as well as the soup without.
+    ``load(epoch)`` gives a checkpoint's state, ``score(state)`` its val score (higher is
+    better). A checkpoint joins when the soup with it scores at least as well as the soup
+    without.
     Returns the soup's state, its members and every decision taken.
     """
     if not order:
@@ -106,21 +117,21 @@ def greedy_soup(order: Sequence[int], load: Callable[[int], State],
     dtypes = {k: v.dtype for k, v in first.items()}
     total = {k: v.double() if _is_averaged(v) else v.clone() for k, v in first.items()}
     members, best = [order[0]], score(first)
-    decisions = [{"epoch": order[0], "soup_val_acc": best, "kept": True}]
+    decisions = [{"epoch": order[0], "soup_val_score": best, "kept": True}]
     for epoch in order[1:]:
         state = load(epoch)
         trial = {k: total[k] + state[k].double() if _is_averaged(state[k]) else total[k]
                  for k in total}
         acc = score(_finish(trial, len(members) + 1, dtypes))
         kept = acc >= best
-        decisions.append({"epoch": epoch, "soup_val_acc": acc, "kept": kept})
+        decisions.append({"epoch": epoch, "soup_val_score": acc, "kept": kept})
         if kept:
             total, best = trial, acc
             members.append(epoch)
-    logger.info("greedy soup: %d of %d checkpoints kept (%s), val acc %.4f", len(members),
+    logger.info("greedy soup: %d of %d checkpoints kept (%s), val score %.4f", len(members),
                 len(order), members, best)
     return {"state": _finish(total, len(members), dtypes), "members": members,
-            "val_acc": best, "decisions": decisions}
+            "val_score": best, "decisions": decisions}
 
 
 # ----------------------------------------------------------------------------- predictions

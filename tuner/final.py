@@ -4,16 +4,15 @@ Every candidate is made from the long run's checkpoints and chosen on val; the t
 is read only here, to report. Candidates build their weights on demand, so at most one
 candidate's weights (plus a soup's running sum) are in memory at a time.
 
-The final model is the single-weights candidate with the best val accuracy (a prediction
-ensemble is several models, so it is reported but cannot be that one file), written as
-one safetensors file with its recipe; loading it into a fresh model reproduces the
-reported metrics exactly.
+The final model is the single-weights candidate best on val under the run's monitor (a
+prediction ensemble is several models, so it is reported but cannot be that one file),
+written as one safetensors file with its recipe; loading it into a fresh model reproduces
+the reported metrics exactly.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from .ensembles import (
     prediction_metrics,
     variant_recipes,
 )
+from .monitor import VAL_LOSS, Monitor
 from .report import fmt
 from .uncertainty import BootstrapConfig, confidence, verdict
 
@@ -80,6 +80,7 @@ def _row(name: str, how: dict, v: dict, t: dict | None, primary: str, single: bo
         "candidate": name, **how, "single_model": single,
         "val_loss": v["loss"], "test_loss": t.get("loss"),
         "val_acc": v["acc"], "test_acc": t.get("acc"),
+        "val_task_loss": v["task_loss"], "test_task_loss": t.get("task_loss"),
         "val_macro_f1": v["task_metrics"][primary].get("macro_f1"),
         "test_macro_f1": t.get("task_metrics", {}).get(primary, {}).get("macro_f1"),
         "val_task_metrics": v["task_metrics"], "test_task_metrics": t.get("task_metrics"),
@@ -92,26 +93,29 @@ def _same_epoch(spec: GroupSpec, epoch: int) -> dict[str, int]:
 
 def build_candidates(root: Path, spec: GroupSpec, history: Sequence[Mapping[str, Any]],
                      checkpoints: Sequence[int], best_single: int, sweet: Mapping[str, int],
-                     optimized: Mapping[str, int], model: nn.Module, val: EncodedData,
-                     tasks: Sequence[TaskSpec], device: str = "cpu") -> list[Candidate]:
-    """The eight candidates of the issue, in the order of the test table."""
+                     optimized: Mapping[str, Any], model: nn.Module, val: EncodedData,
+                     tasks: Sequence[TaskSpec], device: str = "cpu",
+                     monitor: Monitor = VAL_LOSS) -> list[Candidate]:
+    """The eight candidates of the issue, in the order of the test table. ``optimized``:
+    the crossover's recipe (a group's entry may be a window of epochs)."""
     last = checkpoints[-1]
     by_epoch = {h["epoch"]: h for h in history}
+    primary = tasks[0].name
 
     def whole(epoch: int) -> State:
         return assemble_state(root, _same_epoch(spec, epoch), spec)
 
-    def val_acc(state: State) -> float:
+    def val_score(state: State) -> float:  # higher is better
         model.load_state_dict(state, strict=True)
-        return evaluate(model, val, tasks, device=device)["acc"]
+        return -monitor.signed(evaluate(model, val, tasks, device=device), primary)
 
     variants = variant_recipes(optimized, checkpoints)
-    order = greedy_soup_order({c: by_epoch[c]["val_acc"] for c in checkpoints},
+    order = greedy_soup_order({c: -monitor.signed(by_epoch[c], primary) for c in checkpoints},
                               {c: by_epoch[c]["val_loss"] for c in checkpoints})
-    soup_info: dict[str, Any] = {}
+    soup_info: dict[str, Any] = {"monitor": monitor.name}
 
     def greedy() -> State:
-        out = greedy_soup(order, whole, val_acc)
+        out = greedy_soup(order, whole, val_score)
         soup_info.update(members=out["members"], decisions=out["decisions"])
         return out["state"]
 
@@ -143,7 +147,8 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
                      test: EncodedData, tasks: Sequence[TaskSpec], device: str = "cpu",
                      progress: bool = False,
                      references: Mapping[str, tuple[dict, SplitPredictions]] | None = None,
-                     bootstrap: BootstrapConfig | None = None) -> list[dict]:
+                     bootstrap: BootstrapConfig | None = None,
+                     monitor: Monitor = VAL_LOSS) -> list[dict]:
     """Val and test metrics of every candidate (test only when the split is not empty),
     then the reference rows (name -> (how, split -> task -> predictions)), each marked
     ``reference: true``. With a single-label primary task and a test split, every row
@@ -168,7 +173,7 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
                 test_guess[cand.name] = out["test"][0][primary.name]
         rows.append(json_safe(_row(cand.name, cand.how, metrics["val"], metrics.get("test"),
                                    primary.name, cand.single_model)))
-        if cand.single_model and _best_single(rows)["candidate"] == cand.name:
+        if cand.single_model and _best_single(rows, monitor, primary.name)["candidate"] == cand.name:
             # Keep the best single model's exact weights for the final file; drop the rest
             # (one model's weights in memory, not eight).
             for other in candidates:
@@ -205,32 +210,30 @@ def _log_row(r: dict) -> None:
                 r["val_acc"], fmt(r["test_loss"]), fmt(r["test_acc"]))
 
 
-def selection_key(row: Mapping[str, Any]) -> tuple[float, float]:
-    """How the final model is chosen among single models, on val only: the primary task's
-    accuracy, ties broken by the lower val loss (a regression primary: val loss alone).
-
-    Not val loss first: in the strategy's regime (far more parameters than rows) the val
-    loss bottoms out within a few epochs and then rises with overconfidence while accuracy
-    still improves, so the lowest-loss checkpoint is reliably not the most accurate one."""
-    acc = row.get("val_acc")
-    return (-acc if acc is not None and math.isfinite(acc) else 0.0, row["val_loss"])
+def selection_key(row: Mapping[str, Any], monitor: Monitor = VAL_LOSS,
+                  primary: str = "") -> tuple[float, float]:
+    """How the final model is chosen among single models, on val only: the monitor, ties
+    broken by the lower val loss."""
+    return monitor.key(row, primary)
 
 
-def _best_single(rows: Sequence[dict]) -> dict:
-    return min((r for r in rows if r["single_model"] and not r.get("reference")), key=selection_key)
+def _best_single(rows: Sequence[dict], monitor: Monitor, primary: str) -> dict:
+    return min((r for r in rows if r["single_model"] and not r.get("reference")),
+               key=lambda r: selection_key(r, monitor, primary))
 
 
 def write_final_model(session: Session, table: Sequence[dict],
-                      candidates: Sequence[Candidate]) -> dict[str, Any]:
-    """The best single-model candidate on val (``selection_key``), as
+                      candidates: Sequence[Candidate], monitor: Monitor = VAL_LOSS,
+                      primary: str = "") -> dict[str, Any]:
+    """The best single-model candidate on val under the monitor (``selection_key``), as
     final/optimal_crossover_model.safetensors + final/recipe.json."""
-    best = _best_single(table)
+    best = _best_single(table, monitor, primary)
     cand = next(c for c in candidates if c.name == best["candidate"])
     state = cand._cache if cand._cache is not None else cand.state()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write_bytes(session.path(FINAL_MODEL), st_save(tensors))
     recipe = {"method": best["candidate"], **cand.how,
-              "chosen_on": "val accuracy of the primary task (ties: val loss) among single models",
+              "chosen_on": f"{monitor.describe()}, among single models", "monitor": monitor.name,
               "val_loss": best["val_loss"], "test_loss": best["test_loss"],
               "val_acc": best["val_acc"], "test_acc": best["test_acc"]}
     session.write_json("final/recipe.json", json_safe(recipe))

@@ -35,14 +35,11 @@ from model.optimizers import OPTIMIZERS, OPTIONS, available, check_choice
 from model.plugin import build
 from model.training import resolve_precision
 from storage import (
-    CheckpointError,
     Dataset,
     Session,
     crash_point,
     json_safe,
-    list_checkpoints,
     read_json,
-    verify_checkpoint,
 )
 from storage.studies import (
     create_storage,
@@ -53,6 +50,7 @@ from storage.studies import (
 )
 
 from ._workers import POLL_S, Heartbeat, storage_heartbeats
+from .analysis import analyze_long_run
 from .baselines import linear_baseline, majority_class
 from .config import PipelineConfig
 from .context import RunContext
@@ -69,7 +67,7 @@ from .long_run import (
     release_phase4,
     run_long_run,
 )
-from .lr_sweep import default_grid, history_of, open_sweep_study, run_lr_sweep, study_lrs, sweep_outcome
+from .lr_sweep import default_grid, open_sweep_study, run_lr_sweep, study_lrs, sweep_outcome
 from .prepare import load_data, log_truncation, prepare_data
 from .report import (
     crossover_section,
@@ -82,7 +80,6 @@ from .report import (
 )
 from .selection import grid_edge, grid_verdict, next_lr_beyond, select_lr
 from .settings import SETTINGS_FILE, check_settings, check_study_settings
-from .sweet_spot import OverfitConfig, find_sweet_spots
 from .uncertainty import BootstrapConfig
 
 logger = logging.getLogger(__name__)
@@ -298,8 +295,9 @@ def follow(cfg: PipelineConfig, launch: Launch) -> dict:
 
 def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     # Everything a user can get wrong is checked before anything is written: the data,
-    # the model, the backup dir and the storage; phase 0 fails before it writes.
+    # the monitor, the model, the backup dir and the storage; phase 0 fails before it writes.
     dataset = load_data(cfg)
+    cfg.run_monitor.check(dataset.tasks)
     max_length = _model_max_length(cfg)
     build_fn = _build_fn(cfg, dataset, max_length)
     model, spec = build_fn()  # a bad --model or preset fails here, before any trial starts
@@ -404,12 +402,16 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     """Phase 3 (sweet spots) and phase 4 (crossover, test table, final model), by the
     worker that owns them."""
     session, train, val = ctx.session, ctx.train, ctx.val
-    # -- phase 3: overfitting point and sweet spots (metrics only, no weights loaded)
+    # -- phase 3: overfitting point and sweet spots (epoch reports, and each group spliced
+    # into the best single checkpoint)
     crash_point("phase:3")
-    _, spec = build_fn()
-    analysis, history = analyze_long_run(long_study, spec, cfg.overfit, session)
-    logger.info("phase 3: overfitting point %s (%s); sweet spots %s", analysis["overfitting_point"],
-                analysis["decided_by"],
+    model, spec = build_fn()
+    analysis, history = analyze_long_run(long_study, spec, cfg.overfit, ctx, model,
+                                         cfg.run_monitor, cfg.sweet_spot_method)
+    del model
+    logger.info("phase 3 done in %.0f s: overfitting point %s (%s on %s); sweet spots (%s) %s",
+                analysis["seconds"], analysis["overfitting_point"], analysis["decided_by"],
+                cfg.monitor, analysis["method"],
                 {g: v["epoch"] for g, v in analysis["sweet_spots"].items()})
     if cfg.stop_after == 3:
         release_phase4(long_study)
@@ -425,8 +427,9 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
                          references, dataset.fields[0].classes, tokenizer)
     release_phase4(long_study, done=True)
     recipe = results["crossover_recipe"]
-    logger.info("phase 4 done in %.0f s: final model %s (val loss %.4f, test acc %s); report in %s",
-                time.perf_counter() - start, recipe["method"], recipe["val_loss"],
+    logger.info("phase 4 done in %.0f s: final model %s by %s (val loss %.4f, test acc %s); "
+                "report in %s", time.perf_counter() - start, recipe["method"], cfg.monitor,
+                recipe["val_loss"],
                 fmt(recipe["test_acc"]), session.path("final", "report.md"))
     return summary
 
@@ -438,28 +441,32 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     """Crossover study, ensembles and soups, the test table, the final model, the report
     and the dashboard; final_results.json last."""
     session, tasks, val, test = ctx.session, ctx.tasks, ctx.val, ctx.test
+    monitor, primary = cfg.run_monitor, tasks[0].name
     root = session.path("checkpoints")
     checkpoints = analysis["curves"]["checkpoints"]
     sweet = {g: v["epoch"] for g, v in analysis["sweet_spots"].items()}
-    single = best_single_epoch(history, checkpoints)
-    first = [sweet, {g: single for g in spec.groups}]
-    distinct = len({tuple(sorted(r.items())) for r in first})
+    single = best_single_epoch(history, checkpoints, monitor, primary)
+    damaged = {int(e) for e in analysis["skipped_checkpoints"]}
+    choices = sorted({*checkpoints, *damaged})
+    # Every known candidate first: the sweet spots, the best single checkpoint, and the
+    # uniform soup (every group's window spans every checkpoint).
+    first = [sweet, {g: single for g in spec.groups}, {g: list(choices) for g in spec.groups}]
+    distinct = len({str(sorted(r.items())) for r in first})
     model, _ = ctx.build()
     study = optuna.create_study(study_name=f"{cfg.study}-crossover", storage=storage,
-                                direction="minimize", load_if_exists=True,
+                                direction=monitor.direction, load_if_exists=True,
                                 sampler=ResumableTPESampler(cfg.train.seed))
-    name_metrics(study, ["val_loss"])  # the assembled model's fused val loss
+    name_metrics(study, [monitor.name])  # the assembled model's value on val
     if ctx.settings is not None:
         check_study_settings(study, ctx.settings)
-    damaged = {int(e) for e in analysis["skipped_checkpoints"]}
-    run_crossover_study(study, ctx, spec, sorted({*checkpoints, *damaged}), first, model,
-                        cfg.crossover_trials + distinct, damaged)
-    optimized, best_value = best_recipe(study, damaged)
+    run_crossover_study(study, ctx, spec, choices, first, model,
+                        cfg.crossover_trials + distinct, damaged, monitor)
+    optimized, best_value = best_recipe(study, choices, damaged)
     candidates = build_candidates(root, spec, history, checkpoints, single, sweet, optimized,
-                                  model, val, tasks, cfg.device)
+                                  model, val, tasks, cfg.device, monitor)
     table = build_test_table(model, candidates, val, test, tasks, cfg.device, cfg.train.progress,
-                             references, BootstrapConfig(seed=cfg.train.seed))
-    recipe = write_final_model(session, table, candidates)
+                             references, BootstrapConfig(seed=cfg.train.seed), monitor)
+    recipe = write_final_model(session, table, candidates, monitor, primary)
     if is_hf(cfg.model):  # also as a folder from_pretrained loads
         load_final_model(model, session.root)
         save_pretrained_folder(model, tokenizer,
@@ -477,16 +484,20 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
                                             "selection_reason", "excluded", "grid") if k in report},
         "training_complete": True,
         "overfitting_point": analysis["overfitting_point"],
+        "monitor": monitor.name,
+        "monitor_description": monitor.describe(),
+        "sweet_spot_method": analysis["method"],
         "crossover_recipe": recipe,
-        "crossover_best_val_loss": best_value,
+        "optimized_crossover": optimized,
+        "crossover_best_value": best_value,
         "skipped_checkpoints": analysis["skipped_checkpoints"],
         "test_table": table,
     }
     results = _with_stable_timestamp(session.path("final_results.json"), results)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    search = {"n_complete": len(complete), "best_value": best_value,
+    search = {"n_complete": len(complete), "best_value": best_value, "monitor": monitor.name,
               "best_params": optimized,
-              "trials": [{"number": t.number, "value": t.value,
+              "trials": [{"number": t.number, "value": t.value, "direction": monitor.direction,
                           "queued": QUEUED_ATTR in t.user_attrs} for t in complete]}
     write_report(session, results, analysis, history, search, report, tasks[0].name)
     session.write_json("final_results.json", results)
@@ -521,46 +532,6 @@ def _with_stable_timestamp(path: Path, payload: dict) -> dict:
         if "timestamp" in old and {k: v for k, v in old.items() if k != "timestamp"} == payload:
             return payload | {"timestamp": old["timestamp"]}
     return payload | {"timestamp": datetime.now(UTC).isoformat()}
-
-
-def intact_checkpoints(root: Path, spec: GroupSpec) -> tuple[list[int], dict[int, str]]:
-    """Saved checkpoint epochs whose every file matches its manifest (size and sha256) and
-    whose manifest covers every group; the damaged ones with the reason, logged."""
-    intact, skipped = [], {}
-    for epoch in list_checkpoints(root):
-        folder = root / f"epoch_{epoch:03d}"
-        try:
-            manifest = verify_checkpoint(folder)
-            groups = {info.get("group") for info in manifest.get("files", {}).values()}
-            if manifest.get("epoch") != epoch:
-                raise CheckpointError(f"{folder}: the manifest says epoch {manifest.get('epoch')!r}")
-            if not set(spec.groups) <= groups:
-                raise CheckpointError(f"{folder}: the manifest lists no file for groups "
-                                      f"{sorted(set(spec.groups) - groups)}")
-        except CheckpointError as e:
-            logger.warning("checkpoint epoch %d is damaged and skipped: %s", epoch, e)
-            skipped[epoch] = str(e)
-            continue
-        intact.append(epoch)
-    return intact, skipped
-
-
-def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfig,
-                     session: Session) -> tuple[dict, list[dict]]:
-    """Phase 3 over the long run's epoch reports; writes analysis/sweet_spot_analysis.json.
-    Returns the analysis and the epoch reports it read."""
-    trial = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))[0]
-    history = history_of(trial)
-    intact, skipped = intact_checkpoints(session.path("checkpoints"), spec)
-    checkpoints = [h["epoch"] for h in history if h["epoch"] in intact]
-    if not checkpoints:
-        raise CheckpointError(f"{session.path('checkpoints')}: no intact checkpoint to analyze "
-                              f"({len(skipped)} damaged)")
-    losses = dict(spec.group_losses) or {g: ("fused",) for g in spec.groups}
-    analysis = find_sweet_spots(history, checkpoints, losses, spec.independent, overfit)
-    analysis["skipped_checkpoints"] = {str(e): why for e, why in skipped.items()}
-    session.write_json("analysis/sweet_spot_analysis.json", analysis)
-    return analysis, history
 
 
 def sweep_and_select(storage: optuna.storages.BaseStorage, cfg: PipelineConfig,

@@ -59,13 +59,25 @@ def plot_learning_curves(analysis: Mapping[str, Any]) -> Figure:
                          ls=styles.get(name, "--"), label=f"overfitting point ({name})")
     left.set(title="Long run", xlabel="epoch", ylabel="fused loss")
     left.legend(fontsize=8)
-    for group, losses in relative_group_losses(c).items():
-        line, = right.plot(c["checkpoints"], losses, label=group)
-        spot = analysis["sweet_spots"][group]["epoch"]
-        right.plot([spot], [losses[c["checkpoints"].index(spot)]], marker="*", ms=14,
-                   color=line.get_color(), ls="none")
-    right.set(title="Each group's own val loss (star: sweet spot)", xlabel="checkpoint epoch",
-              ylabel="group val loss / its value at the first checkpoint")
+    if analysis.get("method") == "splice" and c.get("spliced"):
+        # Each group spliced into the reference: the monitor per checkpoint it was tried at.
+        for group, per in c["spliced"].items():
+            xs = sorted(int(e) for e in per)
+            line, = right.plot(xs, [per[str(e)] for e in xs], marker=".", label=group)
+            spot = analysis["sweet_spots"][group]["epoch"]
+            right.plot([spot], [per[str(spot)]], marker="*", ms=14, color=line.get_color(), ls="none")
+        right.set(title=f"Each group spliced into epoch {analysis.get('reference_epoch')} "
+                        "(star: sweet spot)", xlabel="checkpoint epoch of the group",
+                  ylabel=f"{analysis.get('monitor', 'val_loss')} on val")
+    else:
+        for group, losses in relative_group_losses(c).items():
+            line, = right.plot(c["checkpoints"], losses, label=group)
+            spot = analysis["sweet_spots"][group]["epoch"]
+            right.plot([spot], [losses[c["checkpoints"].index(spot)]], marker="*", ms=14,
+                       color=line.get_color(), ls="none")
+        right.set(title="Each group's own val loss (star: sweet spot)",
+                  xlabel="checkpoint epoch",
+                  ylabel="group val loss / its value at the first checkpoint")
     right.legend(fontsize=7)
     return fig
 
@@ -97,11 +109,12 @@ def plot_crossover_search(trials: Sequence[Mapping[str, Any]]) -> Figure:
     queued = [t for t in trials if t["queued"]]
     ax.scatter(xs, ys, s=18, label="trial")
     ax.scatter([t["number"] for t in queued], [t["value"] for t in queued], s=60, marker="s",
-               facecolors="none", edgecolors="black", label="queued (sweet spot, best single)")
-    ax.step(xs, list(itertools.accumulate(ys, min)), where="post", color="green",
+               facecolors="none", edgecolors="black",
+               label="queued (sweet spots, best single, uniform soup)")
+    best = max if trials and trials[0].get("direction") == "maximize" else min
+    ax.step(xs, list(itertools.accumulate(ys, best)), where="post", color="green",
             label="best so far")
-    ax.set(title="Crossover search (val loss of the fused output)", xlabel="trial",
-           ylabel="val loss")
+    ax.set(title="Crossover search (the monitor on val)", xlabel="trial", ylabel="monitor")
     ax.legend(fontsize=8)
     return fig
 
@@ -171,24 +184,62 @@ def lr_section(best_lr: float, selection: Mapping[str, Any]) -> list[str]:
 
 
 def sweet_spot_section(analysis: Mapping[str, Any]) -> list[str]:
+    monitor = analysis.get("monitor", "val_loss")
     lines = ["## Long run, overfitting point and sweet spots (phases 2 and 3)", "",
-             f"Decided by `{analysis['decided_by']}`: overfitting point "
+             f"Monitor: `{monitor}` (every decision of phases 3 and 4). Decided by "
+             f"`{analysis['decided_by']}`: overfitting point "
              f"{analysis['overfitting_point'] or 'none (no criterion fired)'}.", "",
-             "| criterion | fires at epoch | overfitting point |", "|---|---|---|"]
+             "| criterion | watches | fires at epoch | overfitting point |", "|---|---|---|---|"]
     for name, c in analysis["criteria"].items():
-        lines.append(f"| {name} | {fmt(c['fires_at_epoch'])} | {fmt(c['overfitting_point'])} |")
-    lines += ["", "| group | sweet spot | score | why |", "|---|---|---|---|"]
+        lines.append(f"| {name} | {c.get('watches', '-')} | {fmt(c['fires_at_epoch'])} | "
+                     f"{fmt(c['overfitting_point'])} |")
+    lines += ["", f"Sweet spots by `{analysis.get('method', 'module-loss')}` (setting "
+                  f"`{analysis.get('method_setting', '-')}`):", "",
+              "| group | sweet spot | method | score | why |", "|---|---|---|---|---|"]
     for group, s in analysis["sweet_spots"].items():
-        lines.append(f"| {group} | {s['epoch']} | {s['score']:.4f} | {s['reason']} |")
+        lines.append(f"| {group} | {s['epoch']} | {s.get('method', 'module-loss')} | "
+                     f"{s['score']:.4f} | {s['reason']} |")
+    lines += splice_table(analysis)
     skipped = analysis.get("skipped_checkpoints") or {}
     lines += [f"- checkpoint epoch {e} skipped: {why}" for e, why in skipped.items()]
     return [*lines, "", "![Learning curves](learning_curves.png)", ""]
 
 
+def splice_table(analysis: Mapping[str, Any]) -> list[str]:
+    """The per-group evidence: the monitor on val per checkpoint, each group spliced into
+    the reference checkpoint with every other group held there."""
+    spliced = analysis.get("curves", {}).get("spliced") or {}
+    if not spliced:
+        return []
+    epochs = sorted({int(e) for per in spliced.values() for e in per})
+    lines = ["", f"Per-group evidence: `{analysis.get('monitor', 'val_loss')}` on val of the "
+                 f"reference checkpoint (epoch {analysis.get('reference_epoch')}) with only the "
+                 "group's weights taken from each checkpoint (`-`: beyond the overfitting "
+                 "point, not evaluated).", "",
+             "| group | " + " | ".join(str(e) for e in epochs) + " |",
+             "|---|" + "---|" * len(epochs)]
+    for group, per in spliced.items():
+        lines.append(f"| {group} | " + " | ".join(fmt(per.get(str(e))) for e in epochs) + " |")
+    return lines
+
+
+def recipe_text(recipe: Mapping[str, Any]) -> str:
+    """A recipe for people: ``group: epoch`` or ``group: soup of epochs a-b (n)``."""
+    parts = []
+    for group, value in recipe.items():
+        if isinstance(value, list | tuple) and len(value) > 1:
+            parts.append(f"{group}: soup of epochs {value[0]}-{value[-1]} ({len(value)})")
+        else:
+            parts.append(f"{group}: {value[0] if isinstance(value, list | tuple) else value}")
+    return "; ".join(parts)
+
+
 def crossover_section(crossover: Mapping[str, Any]) -> list[str]:
+    monitor = crossover.get("monitor", "val_loss")
     return ["## Crossover search (phase 4)", "",
-            f"{crossover['n_complete']} completed trials; best val loss "
-            f"{crossover['best_value']:.4f} with {crossover['best_params']}.", "",
+            f"Each group takes one checkpoint or a window of consecutive checkpoints averaged "
+            f"(a per-group soup). {crossover['n_complete']} completed trials; best `{monitor}` "
+            f"{crossover['best_value']:.4f} with {recipe_text(crossover['best_params'])}.", "",
             "![Crossover search](crossover_search.png)", ""]
 
 
@@ -227,8 +278,8 @@ def test_section(results: Mapping[str, Any], primary: str) -> list[str]:
                       f"macro-F1, {verdict(final['candidate'], ci, 'linear_baseline', 'macro_f1')}."]
     return [*lines, "", "![Test table](test_table.png)", "", "## Final model", "",
             f"`final/optimal_crossover_model.safetensors`: **{recipe['method']}**, the single "
-            f"model with the best val accuracy of the primary task ({recipe['val_acc']:.4f}; ties: "
-            f"the lower val loss, here {recipe['val_loss']:.4f}); test loss "
+            f"model best on val under {recipe.get('chosen_on', 'val accuracy')} (val accuracy "
+            f"{recipe['val_acc']:.4f}, val loss {recipe['val_loss']:.4f}); test loss "
             f"{fmt(recipe['test_loss'])}, test accuracy {fmt(recipe['test_acc'])}. A prediction "
             "ensemble is several models, so it is reported but not a candidate for this file. "
             "Recipe in `final/recipe.json`.", ""]
@@ -265,8 +316,19 @@ def write_report(session: Session, results: Mapping[str, Any], analysis: Mapping
     return [*written, "report.md"]
 
 
-__all__ = ["PLOTS", "crossover_section", "data_section", "lr_section", "render_markdown",
-           "sweet_spot_section", "test_section", "without_images", "write_report"]
+__all__ = [
+    "PLOTS",
+    "crossover_section",
+    "data_section",
+    "lr_section",
+    "recipe_text",
+    "render_markdown",
+    "splice_table",
+    "sweet_spot_section",
+    "test_section",
+    "without_images",
+    "write_report",
+]
 
 
 def _row_line(label: str, row: Mapping[str, Any] | None) -> str:
@@ -293,12 +355,14 @@ def run_summary(selection: Mapping[str, Any] | None, analysis: Mapping[str, Any]
         spots = {g: v["epoch"] for g, v in analysis["sweet_spots"].items()}
         point = analysis["overfitting_point"]
         where = f"epoch {point}" if point is not None else "none (no criterion fired)"
-        lines.append(f"overfitting  {where}, decided by {analysis['decided_by']}; "
-                     f"sweet spots {spots}")
+        lines.append(f"overfitting  {where}, decided by {analysis['decided_by']} on "
+                     f"{analysis.get('monitor', 'val_loss')}; sweet spots "
+                     f"({analysis.get('method', 'module-loss')}) {spots}")
     if results:
         table = {r["candidate"]: r for r in results["test_table"]}
         final = results["crossover_recipe"]["method"]
-        lines += [f"final model  {final}", _row_line(final, table.get(final))]
+        lines += [f"final model  {final} (chosen by {results.get('monitor', 'val_loss')} on val)",
+                  _row_line(final, table.get(final))]
         if final != "best_single_checkpoint":
             lines.append(_row_line("best_single_checkpoint", table.get("best_single_checkpoint")))
         lines.append(_row_line("linear_baseline", table.get("linear_baseline")))

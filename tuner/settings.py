@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when a session folder or study written before can no longer be read correctly.
 # 2: trials claim grid points by number (no GridSampler), renamed strategy rules.
-FORMAT_VERSION = 2
+# 3: the crossover study searches a window per group (<group>:span) under --monitor.
+FORMAT_VERSION = 3
 SETTINGS_FILE = "settings.json"
 SETTINGS_ATTR = "settings"
 

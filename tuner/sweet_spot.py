@@ -11,9 +11,18 @@ Overfitting criteria (which one decides is a setting; the report shows all):
 (Prechelt, "Early Stopping - But When?", 1998.) Each criterion's overfitting point is the
 last checkpoint before the epoch at which it fires; None when it never fires.
 
-Per-group sweet spot: the checkpoint, up to the overfitting point (independent groups: any
-checkpoint), minimizing the strategy's score: group val loss + 0.2 * gap - 0.1 * stability,
-with the group's own validation loss (its modules' losses) and the unit-free stability score.
+The criteria watch the run's monitor (``tuner.monitor``): the val loss, or the error
+(1 - value) of an accuracy or F1. ``gap-rise`` and PQ's training progress read the losses,
+the only quantity measured on train every epoch.
+
+Per-group sweet spot: the best checkpoint up to the overfitting point (independent groups:
+any checkpoint), by one of two methods:
+- ``splice``: the reference model (the best single checkpoint) with only that group's
+  tensors taken from checkpoint e, evaluated on val; the best e under the monitor. This
+  works for any model: it measures what the crossover will assemble.
+- ``module-loss``: the strategy's score, group val loss + 0.2 * gap - 0.1 * stability, with
+  the group's own validation loss (its modules' losses, where the model declares them).
+A group without its own losses is scored by splicing whatever the method.
 """
 
 from __future__ import annotations
@@ -23,7 +32,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .monitor import VAL_LOSS, Monitor
+
 CRITERIA = ("gap-rise", "gl", "pq", "up")
+METHODS = ("splice", "module-loss")
 
 
 @dataclass(frozen=True)
@@ -65,9 +77,16 @@ def gl_rule(epochs: Sequence[int], val: Sequence[float], alpha: float) -> int | 
     best = math.inf
     for e, v in zip(epochs, val, strict=True):
         best = min(best, v)
-        if 100.0 * (v / best - 1.0) > alpha:
+        if _generalization_loss(v, best) > alpha:
             return e
     return None
+
+
+def _generalization_loss(v: float, best: float) -> float:
+    """Prechelt's GL in percent; an error that rises from a best of 0 is infinitely worse."""
+    if best > 0:
+        return 100.0 * (v / best - 1.0)
+    return math.inf if v > best else 0.0
 
 
 def pq_rule(epochs: Sequence[int], train: Sequence[float], val: Sequence[float], alpha: float,
@@ -79,7 +98,7 @@ def pq_rule(epochs: Sequence[int], train: Sequence[float], val: Sequence[float],
             continue
         strip = train[i - k + 1: i + 1]
         progress = 1000.0 * (sum(strip) / (k * min(strip)) - 1.0)
-        gl = 100.0 * (v / best - 1.0)
+        gl = _generalization_loss(v, best)
         # Training that has stalled (P_k = 0) while val is above its best: PQ is infinite.
         if gl > 0 and (progress <= 0 or gl / progress > alpha):
             return e
@@ -104,19 +123,23 @@ def _checkpoint_before(fired: int | None, checkpoints: Sequence[int], rises: int
 
 
 def overfitting_points(history: Sequence[Mapping[str, Any]], checkpoints: Sequence[int],
-                       cfg: OverfitConfig = OverfitConfig()) -> dict[str, dict[str, Any]]:
-    """Per criterion: the epoch it fires at and the overfitting point (a checkpoint)."""
+                       cfg: OverfitConfig = OverfitConfig(), monitor: Monitor = VAL_LOSS,
+                       primary: str = "") -> dict[str, dict[str, Any]]:
+    """Per criterion: the epoch it fires at and the overfitting point (a checkpoint).
+
+    GL, PQ and UP watch the monitor's error (``Monitor.error``); gap-rise and PQ's training
+    progress read the train and val losses."""
     epochs = [h["epoch"] for h in history]
     train = [h["train_loss"] for h in history]
-    val = [h["val_loss"] for h in history]
+    error = [monitor.error(h, primary) for h in history]
     at_ckpt = [h for h in history if h["epoch"] in set(checkpoints)]
     ck_epochs = [h["epoch"] for h in at_ckpt]
     gaps = [h["val_loss"] - h["train_loss"] for h in at_ckpt]
     fired = {
         "gap-rise": gap_rise_rule(ck_epochs, gaps, cfg.rises),
-        "gl": gl_rule(epochs, val, cfg.gl_alpha),
-        "pq": pq_rule(epochs, train, val, cfg.pq_alpha, cfg.strip),
-        "up": up_rule(epochs, val, cfg.strip, cfg.up_strips),
+        "gl": gl_rule(epochs, error, cfg.gl_alpha),
+        "pq": pq_rule(epochs, train, error, cfg.pq_alpha, cfg.strip),
+        "up": up_rule(epochs, error, cfg.strip, cfg.up_strips),
     }
     out = {}
     for name, epoch in fired.items():
@@ -124,7 +147,9 @@ def overfitting_points(history: Sequence[Mapping[str, Any]], checkpoints: Sequen
         # last checkpoint before the epoch at which they fire.
         point = (_checkpoint_before(epoch, ck_epochs, cfg.rises) if name == "gap-rise"
                  else _checkpoint_before(epoch, ck_epochs))
-        out[name] = {"fires_at_epoch": epoch, "overfitting_point": point}
+        out[name] = {"fires_at_epoch": epoch, "overfitting_point": point,
+                     "watches": "val - train loss gap" if name == "gap-rise"
+                     else f"the error of {monitor.name}"}
     return out
 
 
@@ -140,53 +165,99 @@ def sweet_spot_score(entry: Mapping[str, Any], loss_keys: Sequence[str]) -> floa
     return group_val_loss(entry, loss_keys) + 0.2 * gap - 0.1 * entry["stability_score"]
 
 
+def _module_loss_spot(by_epoch: Mapping[int, Mapping[str, Any]], allowed: Sequence[int],
+                      keys: Sequence[str], scope: str) -> dict[str, Any]:
+    scores = {c: sweet_spot_score(by_epoch[c], keys) for c in allowed}
+    best = min(scores, key=lambda c: (scores[c], c))
+    own = group_val_loss(by_epoch[best], keys)
+    return {"epoch": best, "method": "module-loss", "score": scores[best],
+            "group_val_loss": own, "loss_keys": list(keys),
+            "candidates": {str(c): s for c, s in scores.items()},
+            "reason": (f"epoch {best} has the lowest score {scores[best]:.4f} (own val loss "
+                       f"{own:.4f} + 0.2 x gap - 0.1 x stability) among {scope}")}
+
+
+def _spliced_spot(spliced: Mapping[int, Mapping[str, Any]], allowed: Sequence[int],
+                  monitor: Monitor, primary: str, reference: int, scope: str) -> dict[str, Any]:
+    items = [(c, spliced[c]) for c in allowed if c in spliced]
+    if not items:
+        raise ValueError(f"no spliced evaluation among checkpoints {list(allowed)}")
+    best = monitor.best_in_order(items, primary)
+    value = monitor.value(spliced[best], primary)
+    return {"epoch": best, "method": "splice", "score": value,
+            "candidates": {str(c): monitor.value(m, primary) for c, m in items},
+            "reason": (f"epoch {best}: {monitor.name} {value:.4f}, the best of the reference "
+                       f"(epoch {reference}) with only this group's weights from each of {scope}")}
+
+
 def find_sweet_spots(
     history: Sequence[Mapping[str, Any]],
     checkpoints: Sequence[int],
     group_losses: Mapping[str, Sequence[str]],
     independent: Sequence[str] = (),
     cfg: OverfitConfig = OverfitConfig(),
+    monitor: Monitor = VAL_LOSS,
+    primary: str = "",
+    spliced: Mapping[str, Mapping[int, Mapping[str, Any]]] | None = None,
+    method: str = "module-loss",
+    reference: int | None = None,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The overfitting point per criterion and the sweet spot of every group, with reasons."""
+    """The overfitting point per criterion and the sweet spot of every group, with reasons.
+
+    ``group_losses``: each group's own loss terms (groups missing from it have none);
+    ``spliced``: group -> checkpoint epoch -> val metrics of the reference model (epoch
+    ``reference``) with only that group taken from the checkpoint; ``method``: which
+    evidence decides for groups that have both (``METHODS``); ``groups``: every group
+    (default: those of ``group_losses`` and ``spliced``)."""
     if not checkpoints:
         raise ValueError("no checkpoints to choose sweet spots from")
-    points = overfitting_points(history, checkpoints, cfg)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    points = overfitting_points(history, checkpoints, cfg, monitor, primary)
     limit = points[cfg.decide_by]["overfitting_point"]
     by_epoch = {h["epoch"]: h for h in history}
-    groups = {}
-    for group, keys in group_losses.items():
+    names = list(groups or dict.fromkeys([*group_losses, *(spliced or {})]))
+    spots = {}
+    for group in names:
         free = group in independent or limit is None
         allowed = [c for c in checkpoints if c in by_epoch and (free or c <= limit)]
         if not allowed:  # overfitting before the first checkpoint: keep the first one
             allowed = [min(checkpoints)]
-        scores = {c: sweet_spot_score(by_epoch[c], keys) for c in allowed}
-        best = min(scores, key=lambda c: (scores[c], c))
         scope = ("any checkpoint (independent module)" if group in independent
                  else "every checkpoint (no overfitting detected)" if limit is None
-                 else f"checkpoints up to the overfitting point, epoch {limit}")
-        groups[group] = {
-            "epoch": best, "score": scores[best],
-            "group_val_loss": group_val_loss(by_epoch[best], keys), "loss_keys": list(keys),
-            "candidates": {str(c): s for c, s in scores.items()},
-            "reason": (f"epoch {best} has the lowest score {scores[best]:.4f} (own val loss "
-                       f"{group_val_loss(by_epoch[best], keys):.4f} + 0.2 x gap - 0.1 x "
-                       f"stability) among {scope}"),
-        }
+                 else f"the checkpoints up to the overfitting point, epoch {limit}")
+        keys = group_losses.get(group)
+        use_splice = spliced is not None and group in spliced and (method == "splice" or not keys)
+        if use_splice:
+            spots[group] = _spliced_spot(spliced[group], allowed, monitor, primary,
+                                         reference if reference is not None else allowed[0], scope)
+        elif keys:
+            spots[group] = _module_loss_spot(by_epoch, allowed, keys, scope)
+        else:
+            raise ValueError(f"group {group!r} has neither its own losses nor spliced evaluations")
     ckpt = [by_epoch[c] for c in checkpoints if c in by_epoch]
     return {
         "decided_by": cfg.decide_by,
+        "monitor": monitor.name,
+        "method": method,
+        "reference_epoch": reference,
         "overfitting_point": limit,
         "criteria": points,
         "settings": {"rises": cfg.rises, "gl_alpha": cfg.gl_alpha, "pq_alpha": cfg.pq_alpha,
-                     "strip": cfg.strip, "up_strips": cfg.up_strips},
-        "sweet_spots": groups,
+                     "strip": cfg.strip, "up_strips": cfg.up_strips,
+                     "min_delta": monitor.min_delta},
+        "sweet_spots": spots,
         "curves": {
             "epochs": [h["epoch"] for h in history],
             "train_loss": [h["train_loss"] for h in history],
             "val_loss": [h["val_loss"] for h in history],
+            "val_monitor": [monitor.value(h, primary) for h in history],
             "checkpoints": [h["epoch"] for h in ckpt],
             "gap_at_checkpoints": [h["val_loss"] - h["train_loss"] for h in ckpt],
             "group_val_loss": {g: [group_val_loss(h, k) for h in ckpt]
-                               for g, k in group_losses.items()},
+                               for g, k in group_losses.items() if k},
+            "spliced": {g: {str(e): monitor.value(m, primary) for e, m in sorted(per.items())}
+                        for g, per in (spliced or {}).items()},
         },
     }

@@ -9,7 +9,13 @@ from model import build_model
 from storage import Session
 from storage.checkpoints import CheckpointError, save_checkpoint
 from tuner.context import RunContext
-from tuner.crossover import ResumableTPESampler, assemble_state, load_crossover, run_crossover_study
+from tuner.crossover import (
+    ResumableTPESampler,
+    assemble_state,
+    load_crossover,
+    recipe_params,
+    run_crossover_study,
+)
 
 
 def _saved(tmp_path):
@@ -105,7 +111,8 @@ def test_a_queued_recipe_whose_trial_failed_is_queued_again_and_nothing_runs_twi
     study = optuna.create_study(study_name="x", storage=f"sqlite:///{tmp_path}/s.db",
                                 sampler=ResumableTPESampler(0))
     sweet = {g: 2 for g in spec.groups}
-    study.enqueue_trial(sweet)
+    queued = recipe_params(sweet, [2, 4])  # one epoch per group: a window of 1
+    study.enqueue_trial(queued)
     dead = study.ask()                                 # the recipe's trial, then a crash
     study.tell(dead, state=TrialState.FAIL)
     model = build_model("tiny", ds.tasks)
@@ -113,6 +120,6 @@ def test_a_queued_recipe_whose_trial_failed_is_queued_again_and_nothing_runs_twi
                      session=session, progress=False)
     run_crossover_study(study, ctx, spec, [2, 4], [sweet], model, 3)
     done = [t.params for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 3 and done[0] == sweet
+    assert len(done) == 3 and done[0] == queued
     run_crossover_study(study, ctx, spec, [2, 4], [sweet], model, 3)
     assert len(study.trials) == 4                      # the rerun found it all done

@@ -14,6 +14,7 @@ from tuner.final import (
     load_final_model,
     write_final_model,
 )
+from tuner.monitor import Monitor
 
 
 def _rows(ds, a, b):
@@ -74,8 +75,9 @@ def test_the_final_model_is_the_best_single_model_by_val_and_reloads_exactly(tmp
     # Even if an ensemble had the best val accuracy, the final file is one model.
     table = [dict(r, val_acc=1.0) if r["candidate"] == "variant_ensemble" else r for r in table]
     session = Session.create(tmp_path, "s")
-    recipe = write_final_model(session, table, candidates)
+    recipe = write_final_model(session, table, candidates, Monitor("val_acc"), "emotion")
     best = min((r for r in table if r["single_model"]), key=lambda r: (-r["val_acc"], r["val_loss"]))
+    assert recipe["monitor"] == "val_acc" and "val_acc" in recipe["chosen_on"]
     assert recipe["method"] == best["candidate"] != "variant_ensemble"
     torch.manual_seed(123)
     fresh = load_final_model(build_model("tiny", ds.tasks), session.root)
@@ -136,13 +138,17 @@ def test_reference_rows_and_intervals_join_the_table_but_never_become_the_final_
     assert rows["linear_baseline"]["verdict"].startswith("linear baseline: +")
 
 
-def test_the_final_model_is_chosen_on_val_accuracy_with_val_loss_breaking_ties():
+def test_the_final_model_follows_the_monitor_with_val_loss_breaking_ties():
     from tuner.final import selection_key
 
     rows = [{"candidate": "early", "val_acc": 0.75, "val_loss": 1.10},
             {"candidate": "late", "val_acc": 0.76, "val_loss": 1.30},
             {"candidate": "late_calibrated", "val_acc": 0.76, "val_loss": 1.20}]
-    assert min(rows, key=selection_key)["candidate"] == "late_calibrated"
-    # A regression primary task has no accuracy: val loss alone decides.
-    assert min([{"val_acc": float("nan"), "val_loss": 2.0}, {"val_acc": float("nan"), "val_loss": 1.0}],
-               key=selection_key)["val_loss"] == 1.0
+    by_acc = Monitor("val_acc")
+    assert min(rows, key=lambda r: selection_key(r, by_acc, "emotion"))["candidate"] == "late_calibrated"
+    # Switching the monitor switches the pick: the lowest val loss is the early checkpoint.
+    assert min(rows, key=lambda r: selection_key(r, Monitor("val_loss"), "emotion"))["candidate"] == "early"
+    # An accuracy the rows cannot give (a regression primary) is worst, never best.
+    nan_rows = [{"candidate": "a", "val_acc": float("nan"), "val_loss": 2.0},
+                {"candidate": "b", "val_acc": float("nan"), "val_loss": 1.0}]
+    assert min(nan_rows, key=lambda r: selection_key(r, by_acc, "x"))["candidate"] == "b"

@@ -1,0 +1,62 @@
+"""Phase 3's per-group evidence: each group spliced into a reference model, checkpoint by
+checkpoint, and evaluated on val.
+
+For a group g and a checkpoint e, the model is the reference state (the best single
+checkpoint) with only g's tensors replaced by those of epoch e. Its val metrics tell when
+g itself was best while every other group stays fixed, for any model, whether or not it
+declares per-module losses. Each evaluation reads one group file (safetensors, checked
+against its manifest once per process), as the crossover does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from model.groups import GroupSpec
+from model.tasks import TaskSpec
+from model.training import EncodedData, evaluate
+from storage.checkpoints import load_tensors
+
+from .crossover import assemble_state, verified_group_file
+
+logger = logging.getLogger(__name__)
+
+_KEPT = ("loss", "acc", "task_loss", "task_metrics")
+
+
+def splice_evaluations(model: nn.Module, root: Path, spec: GroupSpec, reference: int,
+                       epochs: Mapping[str, Sequence[int]], val: EncodedData,
+                       tasks: Sequence[TaskSpec], device: str = "cpu",
+                       progress: bool = False) -> dict[str, dict[int, dict[str, Any]]]:
+    """group -> epoch -> val metrics of the reference with that group from that epoch.
+
+    ``epochs``: for each group, the checkpoints to try. The reference itself is evaluated
+    once and shared by every group."""
+    start = time.perf_counter()
+    base = assemble_state(root, {g: reference for g in spec.groups}, spec)
+    model.load_state_dict(base, strict=True)
+    at_reference = _kept(evaluate(model, val, tasks, device=device))
+    todo = [(g, e) for g, es in epochs.items() for e in es if e != reference]
+    out: dict[str, dict[int, dict[str, Any]]] = {
+        g: ({reference: at_reference} if reference in es else {}) for g, es in epochs.items()}
+    for group, epoch in tqdm(todo, desc="phase 3: splicing", unit="eval", disable=not progress):
+        own = load_tensors(verified_group_file(root, epoch, group), upcast=True)
+        model.load_state_dict({**base, **own}, strict=True)
+        out[group][epoch] = _kept(evaluate(model, val, tasks, device=device))
+    logger.info("phase 3: %d spliced evaluations (%d groups, reference epoch %d) in %.1f s",
+                len(todo) + 1, len(epochs), reference, time.perf_counter() - start)
+    return out
+
+
+def _kept(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in _KEPT}
+
+
+__all__ = ["splice_evaluations"]
