@@ -412,6 +412,15 @@ def predict_main(argv: list[str]) -> int:
     return 0
 
 
+def parse_config(argv: list[str]) -> PipelineConfig:
+    """The run's config from command-line flags (and a --config file), as main reads them."""
+    parser = _parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        _apply_config_file(parser, first.config)
+    return config_from_args(parser.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["predict"]:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 # What a replay may change: the decisions of phases 3 and 4 only.
 REPLAYABLE = ("monitor", "min_delta", "sweet_spot_method", "crossover_trials", "overfit_criterion")
+_DECISION_KEYS = ("monitor", "min_delta", "sweet_spot_method", "overfit.decide_by")
 _PHASE_3_4_FILES = ("analysis", "final", "final_results.json", ARTIFACT_DIR)
 
 
@@ -55,6 +57,12 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def _copy_sqlite(src: Path, dst: Path) -> None:
+    """SQLite's own online backup: the copy includes what is still in the source's WAL."""
+    with contextlib.closing(sqlite3.connect(src)) as a, contextlib.closing(sqlite3.connect(dst)) as b:
+        a.backup(b)
+
+
 def replay(cfg: PipelineConfig, backup_dir: str | Path, **changes: Any) -> dict[str, Any]:
     """Replay phases 3-4 of the session ``cfg`` names into ``backup_dir`` with ``changes``
     (names of ``REPLAYABLE``); returns the replay's final_results.json."""
@@ -64,6 +72,8 @@ def replay(cfg: PipelineConfig, backup_dir: str | Path, **changes: Any) -> dict[
     src = Path(cfg.backup_dir) / cfg.study
     if not (src / SETTINGS_FILE).is_file():
         raise ValueError(f"{src}: no session to replay (no {SETTINGS_FILE})")
+    if not _sqlite_path(cfg).is_file():
+        raise ValueError(f"{_sqlite_path(cfg)}: no storage to replay")
     dst_root = Path(backup_dir)
     dst = dst_root / cfg.study
     if dst.exists():
@@ -77,8 +87,14 @@ def replay(cfg: PipelineConfig, backup_dir: str | Path, **changes: Any) -> dict[
     shutil.copytree(src, dst, copy_function=_link_or_copy,
                     ignore=lambda d, names: [n for n in names if Path(d) == src
                                              and n in _PHASE_3_4_FILES])
-    shutil.copy2(_sqlite_path(cfg), _sqlite_path(new))
-    settings = {"format_version": FORMAT_VERSION, "settings": fingerprint(new)}
+    _copy_sqlite(_sqlite_path(cfg), _sqlite_path(new))
+    # The source's record (as its run resolved it: the optimizer, the data digest), with the
+    # decision settings of this replay and any setting added since it was recorded.
+    recorded = read_json(src / SETTINGS_FILE)["settings"]
+    now = fingerprint(new)
+    settings = {"format_version": FORMAT_VERSION,
+                "settings": recorded | {k: v for k, v in now.items()
+                                        if k in _DECISION_KEYS or k not in recorded}}
     Session(dst).write_json(SETTINGS_FILE, settings)
     storage = optuna.storages.RDBStorage(default_storage_url(dst_root, cfg.study))
     with contextlib.suppress(KeyError):  # KeyError: the source never reached phase 4

@@ -12,10 +12,14 @@ from tuner.context import RunContext
 from tuner.crossover import (
     ResumableTPESampler,
     assemble_state,
+    best_recipe,
+    best_single_epoch,
     load_crossover,
+    params_recipe,
     recipe_params,
     run_crossover_study,
 )
+from tuner.monitor import Monitor
 
 
 def _saved(tmp_path):
@@ -123,3 +127,70 @@ def test_a_queued_recipe_whose_trial_failed_is_queued_again_and_nothing_runs_twi
     assert len(done) == 3 and done[0] == queued
     run_crossover_study(study, ctx, spec, [2, 4], [sweet], model, 3)
     assert len(study.trials) == 4                      # the rerun found it all done
+
+
+# --------------------------------------------------------------------------- windows
+
+def test_a_window_averages_the_groups_weights_over_its_checkpoints(tmp_path):
+    spec, first, second = _saved(tmp_path)
+    recipe = {g: ([2, 4] if g == "group_b_neural" else 4) for g in spec.groups}
+    state = assemble_state(tmp_path, recipe, spec)
+    for k in second:
+        if k.startswith("neural.") and first[k].is_floating_point():
+            assert torch.allclose(state[k], (first[k] + second[k]) / 2), k
+        else:
+            assert torch.equal(state[k], second[k]), k
+
+
+def test_recipes_and_trial_parameters_map_one_to_one():
+    choices = [2, 4, 6, 8]
+    recipe = {"a": 6, "b": [4, 6, 8], "c": [2, 4, 6, 8]}
+    params = recipe_params(recipe, choices)
+    assert params == {"a": 6, "a:span": 1, "b": 8, "b:span": 3, "c": 8, "c:span": 4}
+    assert params_recipe(params, choices) == recipe
+    # A window longer than the checkpoints before its end starts at the first one.
+    assert params_recipe({"a": 4, "a:span": 3}, choices) == {"a": [2, 4]}
+    # A trial of the old format (no span) reads as single epochs.
+    assert params_recipe({"a": 4}, choices) == {"a": 4}
+    with pytest.raises(ValueError, match="not consecutive"):
+        recipe_params({"a": [2, 6]}, choices)
+
+
+def test_the_best_recipe_follows_the_studys_direction_and_skips_damaged_epochs(tmp_path):
+    choices = [2, 4, 6]
+    dist = {"g": optuna.distributions.CategoricalDistribution(choices),
+            "g:span": optuna.distributions.IntDistribution(1, 3)}
+    trials = [({"g": 2, "g:span": 1}, 0.70), ({"g": 6, "g:span": 3}, 0.80), ({"g": 4, "g:span": 1}, 0.75)]
+    best = {}
+    for direction in ("minimize", "maximize"):
+        study = optuna.create_study(direction=direction)
+        for params, value in trials:
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dist, value=value,
+                                                      user_attrs={"val_loss": 1.0}))
+        best[direction] = best_recipe(study, choices)
+        # Both trials that read epoch 2 are out, in either direction.
+        assert best_recipe(study, choices, damaged={2}) == ({"g": 4}, 0.75)
+    assert best["minimize"] == ({"g": 2}, 0.70)
+    assert best["maximize"] == ({"g": [2, 4, 6]}, 0.80)
+
+
+def test_the_best_single_checkpoint_follows_the_monitor():
+    history = [{"epoch": 2, "val_loss": 0.9, "val_acc": 0.70},
+               {"epoch": 4, "val_loss": 1.0, "val_acc": 0.74},
+               {"epoch": 6, "val_loss": 1.1, "val_acc": 0.73}]
+    assert best_single_epoch(history, [2, 4, 6], Monitor("val_loss"), "emotion") == 2
+    assert best_single_epoch(history, [2, 4, 6], Monitor("val_acc"), "emotion") == 4
+
+
+def test_the_crossover_objective_is_the_monitor_in_its_direction(tmp_path, embedded_small):
+    ds, data = embedded_small
+    session = Session.create(tmp_path, "s")
+    spec, _, _ = _saved(session.path("checkpoints"))
+    model = build_model("tiny", ds.tasks)
+    ctx = RunContext(tasks=ds.tasks, build=lambda: (model, spec), train=data, val=data,
+                     session=session, progress=False)
+    study = optuna.create_study(direction="maximize", sampler=ResumableTPESampler(0))
+    run_crossover_study(study, ctx, spec, [2, 4], [{g: 2 for g in spec.groups}], model, 2,
+                        monitor=Monitor("val_acc"))
+    for t in study.trials:
+        assert t.value == t.user_attrs["val_acc"] and "val_loss" in t.user_attrs

@@ -152,3 +152,23 @@ def test_the_final_model_follows_the_monitor_with_val_loss_breaking_ties():
     nan_rows = [{"candidate": "a", "val_acc": float("nan"), "val_loss": 2.0},
                 {"candidate": "b", "val_acc": float("nan"), "val_loss": 1.0}]
     assert min(nan_rows, key=lambda r: selection_key(r, by_acc, "x"))["candidate"] == "b"
+
+
+def test_the_greedy_soup_ranks_checkpoints_by_the_monitor(tmp_path, embedded_small):
+    ds, _ = embedded_small
+    val = _rows(ds, 0, 100)
+    model, spec, history = _three_checkpoints(tmp_path / "ck", ds, val)
+    # The monitors disagree: accuracy rises while the loss rises too.
+    history = [h | {"val_loss": 1.0 + i, "val_acc": 0.5 + 0.1 * i} for i, h in enumerate(history)]
+    orders = {}
+    for monitor in ("val_loss", "val_acc"):
+        cands = build_candidates(tmp_path / "ck", spec, history, [2, 4, 6], 2,
+                                 {g: 2 for g in spec.groups}, {g: [4, 6] for g in spec.groups},
+                                 model, val, ds.tasks, monitor=Monitor(monitor))
+        rows = {c.name: c.how for c in cands}
+        orders[monitor] = rows["greedy_soup"]["order"]
+        assert rows["greedy_soup"]["soup"]["monitor"] == monitor
+        # The variant ensemble moves the crossover's windows as a whole.
+        assert [v["recipe"]["group_b_neural"] for v in rows["variant_ensemble"]["variants"]] == [
+            [2], [2, 4], [4, 6], [6]]
+    assert orders == {"val_loss": [2, 4, 6], "val_acc": [6, 4, 2]}

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from tuner.monitor import Monitor
 from tuner.sweet_spot import (
     OverfitConfig,
     find_sweet_spots,
@@ -78,3 +79,61 @@ def test_bad_settings_are_errors():
         OverfitConfig(decide_by="vibes")
     with pytest.raises(ValueError, match="no checkpoints"):
         find_sweet_spots([], [], {"g": ("a",)})
+
+
+# --------------------------------------------------------------------------- the monitor
+
+def _disagreeing(n=8):
+    """The strategy's regime in miniature: val loss bottoms at epoch 2 and rises with
+    overconfidence while val accuracy keeps improving to epoch 7."""
+    val = [1.0, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2][:n]
+    acc = [0.60, 0.66, 0.70, 0.72, 0.74, 0.75, 0.76, 0.755][:n]
+    out = _history([1.0 - 0.1 * i for i in range(n)], val)
+    for h, a in zip(out, acc, strict=True):
+        h["val_acc"] = a
+        h["val_task_metrics"] = {"emotion": {"accuracy": a, "macro_f1": a / 2}}
+    return out
+
+
+def test_the_overfitting_point_watches_the_monitors_error():
+    history = _disagreeing()
+    ckpts = list(range(1, 9))
+    by_loss = overfitting_points(history, ckpts, monitor=Monitor("val_loss"), primary="emotion")
+    by_acc = overfitting_points(history, ckpts, monitor=Monitor("val_acc"), primary="emotion")
+    assert by_loss["gl"]["overfitting_point"] == 2     # GL fires at epoch 3 (0.95 > 0.9 * 1.05)
+    assert by_acc["gl"]["overfitting_point"] is None   # the error only falls
+    assert by_acc["gl"]["watches"] == "the error of val_acc"
+    assert by_acc["gap-rise"] == by_loss["gap-rise"]    # the strategy's gap rule reads losses
+
+
+def test_spliced_sweet_spots_follow_the_monitor_for_every_group():
+    history = _disagreeing()
+    ckpts = [2, 4, 6, 8]
+    # Group g spliced into the reference: its val loss is best at 4, its accuracy at 8.
+    spliced = {"g": {e: {"loss": {2: 1.0, 4: 0.9, 6: 1.0, 8: 1.1}[e],
+                         "acc": {2: 0.6, 4: 0.65, 6: 0.7, 8: 0.72}[e],
+                         "task_metrics": {"emotion": {}}} for e in ckpts}}
+    free = OverfitConfig(gl_alpha=1000.0)  # no overfitting point: every checkpoint allowed
+    by_loss = find_sweet_spots(history, ckpts, {}, (), free, Monitor("val_loss"), "emotion", spliced,
+                               "splice", 6)
+    by_acc = find_sweet_spots(history, ckpts, {}, (), free, Monitor("val_acc"), "emotion", spliced,
+                              "splice", 6)
+    assert by_loss["sweet_spots"]["g"]["epoch"] == 4 and by_acc["sweet_spots"]["g"]["epoch"] == 8
+    assert by_acc["sweet_spots"]["g"]["method"] == "splice" and by_acc["monitor"] == "val_acc"
+    assert by_acc["curves"]["spliced"]["g"] == {"2": 0.6, "4": 0.65, "6": 0.7, "8": 0.72}
+
+
+def test_a_group_without_its_own_losses_is_spliced_even_under_module_loss():
+    history = _history([1.0, 0.9, 0.8, 0.7], [1.0, 0.9, 0.85, 0.8],
+                       [{"a": 1.0}, {"a": 0.5}, {"a": 0.7}, {"a": 0.9}])
+    spliced = {g: {e: {"loss": 1.0 - 0.01 * e, "acc": 0.5, "task_metrics": {}} for e in (2, 4)}
+               for g in ("with_loss", "without")}
+    out = find_sweet_spots(history, [2, 4], {"with_loss": ("a",)}, (), OverfitConfig(),
+                           Monitor(), "emotion", spliced, "module-loss", 4,
+                           groups=["with_loss", "without"])
+    assert out["sweet_spots"]["with_loss"] == out["sweet_spots"]["with_loss"] | {
+        "method": "module-loss", "epoch": 2}
+    assert out["sweet_spots"]["without"]["method"] == "splice"
+    assert out["sweet_spots"]["without"]["epoch"] == 4
+    with pytest.raises(ValueError, match="neither its own losses nor spliced"):
+        find_sweet_spots(history, [2, 4], {}, groups=["orphan"])
