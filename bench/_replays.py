@@ -16,8 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import optuna  # noqa: E402
+
 from run_study import parse_config  # noqa: E402
 from tuner.replay import replay  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the replays' trials, one line each
 
 REFERENCE = "best_single_checkpoint"
 STUDY = "bench"
@@ -67,7 +71,9 @@ def replay_one(seed: int, trained: Path, out: Path, extra: list[str], **changes)
     """Phases 3-4 of the trained session under ``changes``, kept in ``out`` (a finished
     replay is read back, not run again). Returns final_results and the wall seconds."""
     done = out / STUDY / "final_results.json"
-    if done.is_file():
+    asked = json.dumps({"seed": seed, "trained": str(trained), "extra": extra, **changes},
+                       sort_keys=True)
+    if done.is_file() and (out / "replay.json").is_file() and (out / "replay.json").read_text() == asked:
         return json.loads(done.read_text()), math.nan
     if out.exists():  # an interrupted replay: start it again from the source
         import shutil
@@ -75,6 +81,7 @@ def replay_one(seed: int, trained: Path, out: Path, extra: list[str], **changes)
     cfg = parse_config(run_args(seed, trained, extra))
     start = time.perf_counter()
     results = replay(cfg, out, **changes)
+    (out / "replay.json").write_text(asked)  # what this replay was asked, for reuse
     return results, time.perf_counter() - start
 
 

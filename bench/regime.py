@@ -118,7 +118,8 @@ def report_phase_3_4(res: dict, analysis: dict, monitor: str, method: str, times
     print(f"  reference (best single) epoch {analysis['reference_epoch']}; sweet spots {spots}: "
           f"{differ}")
     for group, per in analysis["curves"]["spliced"].items():
-        print(f"    {group:<16}" + " ".join(f"{e}:{v:.4f}" for e, v in per.items()))
+        print(f"    {group:<16}" + " ".join(f"{e}:{v:.4f}" if v is not None else f"{e}:-"
+                                             for e, v in per.items()))
     print(f"  crossover recipe: {res['optimized_crossover']}")
     print(f"  {'candidate':<24}{'val acc':>9}{'test acc [95% CI]':>26}"
           f"{'vs best single (pts)':>30}{'vs linear baseline (pts)':>30}")

@@ -13,7 +13,7 @@ import optuna
 from torch import nn
 
 from model.groups import GroupSpec
-from storage import CheckpointError, list_checkpoints, verify_checkpoint
+from storage import CheckpointError, Session, list_checkpoints, read_json, verify_checkpoint
 
 from .context import RunContext
 from .crossover import best_single_epoch
@@ -47,12 +47,30 @@ def intact_checkpoints(root: Path, spec: GroupSpec) -> tuple[list[int], dict[int
     return intact, skipped
 
 
-def resolve_method(method: str, spec: GroupSpec) -> str:
-    """``auto``: the strategy's per-module losses where the model declares any, splicing
-    otherwise (groups without their own losses are spliced either way)."""
+def resolve_method(method: str, spec: GroupSpec, monitor: Monitor = VAL_LOSS) -> str:
+    """``auto``: the strategy's per-module losses where the model declares any and the
+    monitor is the val loss (the module losses are losses); splicing otherwise, which
+    follows any monitor (groups without their own losses are spliced either way)."""
     if method != "auto":
         return method
-    return "module-loss" if any(spec.group_losses.values()) else "splice"
+    own = any(spec.group_losses.values())
+    return "module-loss" if own and monitor.name == "val_loss" else "splice"
+
+
+def _earlier_splices(session: Session, reference: int) -> dict[str, dict[int, dict]]:
+    """The spliced evaluations a phase 3 that did not finish phase 4 wrote, if it spliced
+    into the same reference checkpoint."""
+    path = session.path("analysis", "sweet_spot_analysis.json")
+    if not path.is_file():
+        return {}
+    try:
+        earlier = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    if earlier.get("reference_epoch") != reference:
+        return {}
+    return {g: {int(e): m for e, m in per.items()}
+            for g, per in (earlier.get("spliced_metrics") or {}).items()}
 
 
 def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfig,
@@ -79,12 +97,13 @@ def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfi
               or [checkpoints[0]] for g in spec.groups}
     epochs = {g: sorted({*es, reference}) for g, es in epochs.items()}
     spliced = splice_evaluations(model, root, spec, reference, epochs, ctx.val, ctx.tasks,
-                                 ctx.device, ctx.progress)
-    resolved = resolve_method(method, spec)
+                                 ctx.device, ctx.progress, _earlier_splices(session, reference))
+    resolved = resolve_method(method, spec, monitor)
     analysis = find_sweet_spots(history, checkpoints, dict(spec.group_losses), spec.independent,
                                 overfit, monitor, primary, spliced, resolved, reference,
                                 groups=list(spec.groups))
     analysis["method_setting"] = method
+    analysis["spliced_metrics"] = {g: {str(e): m for e, m in per.items()} for g, per in spliced.items()}
     analysis["skipped_checkpoints"] = {str(e): why for e, why in skipped.items()}
     analysis["seconds"] = time.perf_counter() - start
     session.write_json("analysis/sweet_spot_analysis.json", analysis)

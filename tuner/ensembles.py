@@ -43,7 +43,10 @@ def _shift(value: int | Sequence[int], offset: int, checkpoints: Sequence[int]) 
     """One group's epoch (or window) moved by ``offset``, clamped to the checkpoints."""
     if isinstance(value, int):
         return _nearest(value + offset, checkpoints)
-    return sorted({_nearest(e + offset, checkpoints) for e in value})
+    # A window moves as a whole: its end moves, its length stays (shorter only at the start).
+    ordered = sorted(checkpoints)
+    end = ordered.index(_nearest(value[-1] + offset, ordered))
+    return ordered[max(0, end - len(value) + 1): end + 1]
 
 
 def variant_recipes(recipe: Mapping[str, int | Sequence[int]], checkpoints: Sequence[int],

@@ -29,6 +29,7 @@ PRIMARY_NAMES = ("val_loss", "val_acc", "val_macro_f1")
 _METRICS = {"single": ("accuracy", "macro_f1", "loss"), "multi": ("accuracy", "micro_f1", "loss"),
             "regression": ("mse", "loss")}
 _LOWER_IS_BETTER = ("loss", "mse")
+_KNOWN = ("accuracy", "macro_f1", "micro_f1", "mse", "loss")
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,19 @@ class Monitor:
     min_delta: float = 0.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise ValueError(f"monitor must be a name, got {self.name!r}")
         if self.name not in PRIMARY_NAMES and ":" not in self.name:
             raise ValueError(f"monitor must be one of {PRIMARY_NAMES} or TASK:METRIC, got "
                              f"{self.name!r}")
         if ":" in self.name and not all(self.name.split(":", 1)):
             raise ValueError(f"monitor TASK:METRIC needs both parts, got {self.name!r}")
-        if not self.min_delta >= 0:
-            raise ValueError(f"min_delta must be >= 0, got {self.min_delta!r}")
+        if ":" in self.name and self.name.split(":", 1)[1] not in _KNOWN:
+            raise ValueError(f"monitor TASK:METRIC takes a metric of {_KNOWN}, got {self.name!r}")
+        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, int | float):
+            raise ValueError(f"min_delta must be a number, got {self.min_delta!r}")
+        if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
+            raise ValueError(f"min_delta must be finite and >= 0, got {self.min_delta!r}")
 
     # -- what it reads
     @property
@@ -100,10 +107,12 @@ class Monitor:
             acc = m.get("val_acc", m.get("acc"))
             return float("nan") if acc is None else float(acc)
         task = self.task or primary
-        if self.metric == "loss":
-            return float(task_loss[task])
-        found = per_task.get(task, {}).get(self.metric)
-        return float("nan") if found is None else float(found)
+        found = (task_loss if self.metric == "loss" else per_task.get(task, {})).get(
+            task if self.metric == "loss" else self.metric)
+        if found is None:
+            raise ValueError(f"monitor {self.name}: the metrics of task {task!r} have no "
+                             f"{self.metric}")
+        return float(found)
 
     def signed(self, metrics: Mapping[str, Any], primary: str) -> float:
         """The value with lower = better (a maximized metric negated; NaN is worst)."""

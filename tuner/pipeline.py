@@ -54,7 +54,14 @@ from .analysis import analyze_long_run
 from .baselines import linear_baseline, majority_class
 from .config import PipelineConfig
 from .context import RunContext
-from .crossover import QUEUED_ATTR, ResumableTPESampler, best_recipe, best_single_epoch, run_crossover_study
+from .crossover import (
+    QUEUED_ATTR,
+    ResumableTPESampler,
+    best_recipe,
+    best_single_epoch,
+    recipe_params,
+    run_crossover_study,
+)
 from .dashboard import ARTIFACT_DIR, publish
 from .distributed import DONE, Launch, announce, launch_from_env, rank_device
 from .final import HF_FINAL, build_candidates, build_test_table, load_final_model, write_final_model
@@ -406,6 +413,7 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     # into the best single checkpoint)
     crash_point("phase:3")
     model, spec = build_fn()
+    model.to(ctx.device)  # evaluated on the run's device (the build is on the CPU)
     analysis, history = analyze_long_run(long_study, spec, cfg.overfit, ctx, model,
                                          cfg.run_monitor, cfg.sweet_spot_method)
     del model
@@ -449,10 +457,14 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     damaged = {int(e) for e in analysis["skipped_checkpoints"]}
     choices = sorted({*checkpoints, *damaged})
     # Every known candidate first: the sweet spots, the best single checkpoint, and the
-    # uniform soup (every group's window spans every checkpoint).
-    first = [sweet, {g: single for g in spec.groups}, {g: list(choices) for g in spec.groups}]
-    distinct = len({str(sorted(r.items())) for r in first})
+    # uniform soup (every group's window spans every checkpoint; not a point of the space
+    # when a checkpoint is damaged, since a window is consecutive saved checkpoints).
+    first = [sweet, {g: single for g in spec.groups}]
+    if not damaged:
+        first.append({g: list(choices) for g in spec.groups})
+    distinct = len({str(sorted(recipe_params(r, choices).items())) for r in first})
     model, _ = ctx.build()
+    model.to(ctx.device)
     study = optuna.create_study(study_name=f"{cfg.study}-crossover", storage=storage,
                                 direction=monitor.direction, load_if_exists=True,
                                 sampler=ResumableTPESampler(cfg.train.seed))

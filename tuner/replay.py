@@ -33,12 +33,15 @@ from .config import PipelineConfig
 from .dashboard import ARTIFACT_DIR
 from .long_run import PHASE4_ATTR, PHASE4_DONE_ATTR
 from .pipeline import run
-from .settings import FORMAT_VERSION, SETTINGS_ATTR, SETTINGS_FILE, fingerprint
+from .settings import FORMAT_VERSION, SETTINGS_ATTR, SETTINGS_FILE, IncompatibleSession, fingerprint
 
 logger = logging.getLogger(__name__)
 
 # What a replay may change: the decisions of phases 3 and 4 only.
 REPLAYABLE = ("monitor", "min_delta", "sweet_spot_method", "crossover_trials", "overfit_criterion")
+# Formats whose phases 0-2 this version reads unchanged: format 3 changed only the crossover
+# study, which a replay deletes.
+_SAME_PHASES_0_2 = (2, 3)
 _DECISION_KEYS = ("monitor", "min_delta", "sweet_spot_method", "overfit.decide_by")
 _PHASE_3_4_FILES = ("analysis", "final", "final_results.json", ARTIFACT_DIR)
 
@@ -90,7 +93,12 @@ def replay(cfg: PipelineConfig, backup_dir: str | Path, **changes: Any) -> dict[
     _copy_sqlite(_sqlite_path(cfg), _sqlite_path(new))
     # The source's record (as its run resolved it: the optimizer, the data digest), with the
     # decision settings of this replay and any setting added since it was recorded.
-    recorded = read_json(src / SETTINGS_FILE)["settings"]
+    source = read_json(src / SETTINGS_FILE)
+    if source.get("format_version") not in _SAME_PHASES_0_2:
+        raise IncompatibleSession(f"{src / SETTINGS_FILE}: session format "
+                                  f"{source.get('format_version')!r}; a replay reads formats "
+                                  f"{_SAME_PHASES_0_2} (their phases 0-2 are the same)")
+    recorded = source["settings"]
     now = fingerprint(new)
     settings = {"format_version": FORMAT_VERSION,
                 "settings": recorded | {k: v for k, v in now.items()

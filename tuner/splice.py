@@ -33,25 +33,34 @@ _KEPT = ("loss", "acc", "task_loss", "task_metrics")
 
 def splice_evaluations(model: nn.Module, root: Path, spec: GroupSpec, reference: int,
                        epochs: Mapping[str, Sequence[int]], val: EncodedData,
-                       tasks: Sequence[TaskSpec], device: str = "cpu",
-                       progress: bool = False) -> dict[str, dict[int, dict[str, Any]]]:
+                       tasks: Sequence[TaskSpec], device: str = "cpu", progress: bool = False,
+                       known: Mapping[str, Mapping[int, dict[str, Any]]] | None = None,
+                       ) -> dict[str, dict[int, dict[str, Any]]]:
     """group -> epoch -> val metrics of the reference with that group from that epoch.
 
     ``epochs``: for each group, the checkpoints to try. The reference itself is evaluated
-    once and shared by every group."""
+    once and shared by every group. ``known``: evaluations an earlier (interrupted) phase 3
+    made against the same reference; checkpoints are never rewritten, so they still hold
+    and are not evaluated again."""
     start = time.perf_counter()
+    known = known or {}
     base = assemble_state(root, {g: reference for g in spec.groups}, spec)
-    model.load_state_dict(base, strict=True)
-    at_reference = _kept(evaluate(model, val, tasks, device=device))
-    todo = [(g, e) for g, es in epochs.items() for e in es if e != reference]
+    at_reference = next((per[reference] for per in known.values() if reference in per), None)
+    if at_reference is None:
+        model.load_state_dict(base, strict=True)
+        at_reference = _kept(evaluate(model, val, tasks, device=device))
     out: dict[str, dict[int, dict[str, Any]]] = {
         g: ({reference: at_reference} if reference in es else {}) for g, es in epochs.items()}
+    for g, es in epochs.items():
+        out[g].update({e: m for e, m in known.get(g, {}).items() if e in es})
+    todo = [(g, e) for g, es in epochs.items() for e in es if e not in out[g]]
     for group, epoch in tqdm(todo, desc="phase 3: splicing", unit="eval", disable=not progress):
         own = load_tensors(verified_group_file(root, epoch, group), upcast=True)
         model.load_state_dict({**base, **own}, strict=True)
         out[group][epoch] = _kept(evaluate(model, val, tasks, device=device))
-    logger.info("phase 3: %d spliced evaluations (%d groups, reference epoch %d) in %.1f s",
-                len(todo) + 1, len(epochs), reference, time.perf_counter() - start)
+    logger.info("phase 3: %d spliced evaluations (%d groups, reference epoch %d; %d kept from "
+                "an earlier run) in %.1f s", len(todo), len(epochs), reference,
+                sum(len(v) for v in out.values()) - len(todo), time.perf_counter() - start)
     return out
 
 

@@ -116,10 +116,15 @@ def up_rule(epochs: Sequence[int], val: Sequence[float], k: int, s: int) -> int 
 
 
 def _checkpoint_before(fired: int | None, checkpoints: Sequence[int], rises: int = 0) -> int | None:
+    """The last checkpoint before ``fired`` (``rises`` checkpoints back for gap-rise); the
+    first checkpoint when it fires before any (overfitting before the first checkpoint is
+    still overfitting, not "never")."""
     if fired is None:
         return None
     earlier = [c for c in checkpoints if c < fired]
-    return earlier[-rises] if rises and len(earlier) >= rises else (earlier[-1] if earlier else None)
+    if rises and len(earlier) >= rises:
+        return earlier[-rises]
+    return earlier[-1] if earlier else (min(checkpoints) if checkpoints else None)
 
 
 def overfitting_points(history: Sequence[Mapping[str, Any]], checkpoints: Sequence[int],

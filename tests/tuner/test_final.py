@@ -168,7 +168,9 @@ def test_the_greedy_soup_ranks_checkpoints_by_the_monitor(tmp_path, embedded_sma
         rows = {c.name: c.how for c in cands}
         orders[monitor] = rows["greedy_soup"]["order"]
         assert rows["greedy_soup"]["soup"]["monitor"] == monitor
-        # The variant ensemble moves the crossover's windows as a whole.
-        assert [v["recipe"]["group_b_neural"] for v in rows["variant_ensemble"]["variants"]] == [
-            [2], [2, 4], [4, 6], [6]]
+        # The variant ensemble moves the crossover's windows as a whole (+2 and +4 clamp to
+        # the last checkpoint: the same recipe as 0).
+        variants = rows["variant_ensemble"]["variants"]
+        assert [v["recipe"]["group_b_neural"] for v in variants] == [[2], [2, 4], [4, 6]]
+        assert variants[-1]["offsets"] == [0, 2, 4]
     assert orders == {"val_loss": [2, 4, 6], "val_acc": [6, 4, 2]}

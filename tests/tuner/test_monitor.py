@@ -79,3 +79,23 @@ def test_min_delta_keeps_the_earlier_checkpoint_unless_a_later_one_beats_it_by_m
     assert Monitor("val_acc", min_delta=0.05).best_in_order(items, "emotion") == 2
     assert Monitor("val_loss").best_in_order(items, "emotion") == 4
     assert Monitor("val_loss", min_delta=0.2).best_in_order(items, "emotion") == 2
+
+
+def test_settings_files_cannot_smuggle_in_odd_types_or_unknown_metrics():
+    with pytest.raises(ValueError, match="must be a name"):
+        Monitor(1)
+    with pytest.raises(ValueError, match="'intent:mae'"):
+        Monitor("intent:mae")
+    for bad in (math.inf, True, "0.1"):
+        with pytest.raises(ValueError, match="min_delta"):
+            Monitor("val_loss", min_delta=bad)
+
+
+def test_a_metric_the_dict_lacks_is_an_error_not_a_silent_nan():
+    with pytest.raises(ValueError, match="task 'intent' have no mse"):
+        Monitor("intent:mse").value(_report(1.0, 0.7), "emotion")
+
+
+def test_a_missing_first_value_never_stays_the_best():
+    items = [(2, _report(1.0, math.nan)), (4, _report(1.1, 0.6)), (6, _report(1.2, 0.7))]
+    assert Monitor("val_acc").best_in_order(items, "emotion") == 6

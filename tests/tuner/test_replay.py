@@ -35,6 +35,9 @@ def test_a_replay_under_each_monitor_writes_evidence_that_names_it(unbroken_smok
     assert all(s["method"] == "splice" for s in analysis["sweet_spots"].values())
     assert f"Monitor: `{monitor}`" in _text(session / "final" / "report.md")
     assert monitor in recipe["chosen_on"]
+    crossover = optuna.load_study(study_name=f"{STUDY}-crossover",
+                                  storage=f"sqlite:///{tmp_path / 'r'}/{STUDY}.db")
+    assert crossover.direction == optuna.study.StudyDirection.MAXIMIZE  # accuracies, F1s
     assert _text(source / STUDY / "final_results.json") == before  # the source is untouched
 
 

@@ -137,3 +137,9 @@ def test_a_group_without_its_own_losses_is_spliced_even_under_module_loss():
     assert out["sweet_spots"]["without"]["epoch"] == 4
     with pytest.raises(ValueError, match="neither its own losses nor spliced"):
         find_sweet_spots(history, [2, 4], {}, groups=["orphan"])
+
+
+def test_overfitting_before_the_first_checkpoint_bounds_the_sweet_spots_to_it():
+    history = _history([1.0, 0.9, 0.8, 0.7], [1.0, 1.2, 1.3, 1.4])  # GL fires at epoch 2
+    points = overfitting_points(history, [3, 4])
+    assert points["gl"]["fires_at_epoch"] == 2 and points["gl"]["overfitting_point"] == 3
