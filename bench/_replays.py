@@ -5,6 +5,7 @@ then replay phases 3-4 under each monitor and sweet-spot method on copies of the
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import statistics
@@ -70,7 +71,7 @@ def phase_seconds(log: Path) -> dict[str, float]:
 def replay_one(seed: int, trained: Path, out: Path, extra: list[str], **changes) -> tuple[dict, float]:
     """Phases 3-4 of the trained session under ``changes``, kept in ``out`` (a finished
     replay is read back, not run again). Returns final_results and the wall seconds."""
-    done = out / STUDY / "final_results.json"
+    done = out / "r" / STUDY / "final_results.json"
     asked = json.dumps({"seed": seed, "trained": str(trained), "extra": extra, **changes},
                        sort_keys=True)
     if done.is_file() and (out / "replay.json").is_file() and (out / "replay.json").read_text() == asked:
@@ -80,7 +81,17 @@ def replay_one(seed: int, trained: Path, out: Path, extra: list[str], **changes)
         shutil.rmtree(out)
     cfg = parse_config(run_args(seed, trained, extra))
     start = time.perf_counter()
-    results = replay(cfg, out, **changes)
+    out.mkdir(parents=True)
+    log = logging.FileHandler(out / "replay.log", encoding="utf-8")  # phase times, as a run logs
+    log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(log)
+    root.setLevel(logging.INFO)
+    try:
+        results = replay(cfg, out / "r", **changes)
+    finally:
+        root.removeHandler(log)
+        log.close()
     (out / "replay.json").write_text(asked)  # what this replay was asked, for reuse
     return results, time.perf_counter() - start
 

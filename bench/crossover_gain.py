@@ -23,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _replays import REFERENCE, final_row, pts, replay_one, rows, train
+from _replays import REFERENCE, final_row, phase_seconds, pts, replay_one, rows, train
 
 CLAIM = "the strategy's claim: single model 75-80% -> crossover 85-90% (+5 to +15 pts)"
 
@@ -50,7 +50,9 @@ def main() -> None:
             res, wall = replay_one(seed, trained, out, extra, monitor=monitor,
                                    sweet_spot_method=method)
             results[(monitor, method)].append(res)
-            print(f"seed {seed} {monitor:<10} {method:<12} phases 3-4 {wall:5.0f} s  final "
+            times = phase_seconds(out / "replay.log")
+            print(f"seed {seed} {monitor:<10} {method:<12} phases 3-4 {wall:5.0f} s (phase 3 "
+                  f"{times.get('3', '?')} s)  final "
                   f"{res['crossover_recipe']['method']:<22} test acc "
                   f"{final_row(res)['test_acc']:.4f}  sweet spots {res['sweet_spots']}", flush=True)
 

@@ -103,16 +103,17 @@ def main() -> None:
                 out = workdir / "replays" / f"seed_{seed}" / f"{monitor}__{method}"
                 res, wall = replay_one(seed, trained, out, flags, monitor=monitor,
                                        sweet_spot_method=method)
-                analysis = json.loads((out / "bench" / "analysis" /
+                analysis = json.loads((out / "r" / "bench" / "analysis" /
                                        "sweet_spot_analysis.json").read_text())
-                report_phase_3_4(res, analysis, monitor, method, {"3-4": wall})
+                report_phase_3_4(res, analysis, monitor, method,
+                                 {"3-4": wall, **phase_seconds(out / "replay.log")})
 
 
 def report_phase_3_4(res: dict, analysis: dict, monitor: str, method: str, times: dict) -> None:
     spots = {g: v["epoch"] for g, v in analysis["sweet_spots"].items()}
     differ = "they differ" if len(set(spots.values())) > 1 else "all the same epoch"
-    print(f"\n  == monitor {monitor}, sweet spots by {method} (phase 3 {analysis['seconds']:.0f} s, "
-          f"phases 3-4 {times.get('3-4', float('nan')):.0f} s)")
+    print(f"\n  == monitor {monitor}, sweet spots by {method} (phase 3 {times.get('3', '?')} s, "
+          f"phase 4 {times.get('4', '?')} s, replay {times.get('3-4', float('nan')):.0f} s)")
     print(f"  overfitting point: {analysis['overfitting_point']} ({analysis['decided_by']}); "
           f"criteria {({k: v['overfitting_point'] for k, v in analysis['criteria'].items()})}")
     print(f"  reference (best single) epoch {analysis['reference_epoch']}; sweet spots {spots}: "

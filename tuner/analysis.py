@@ -105,8 +105,9 @@ def analyze_long_run(study: optuna.Study, spec: GroupSpec, overfit: OverfitConfi
     analysis["method_setting"] = method
     analysis["spliced_metrics"] = {g: {str(e): m for e, m in per.items()} for g, per in spliced.items()}
     analysis["skipped_checkpoints"] = {str(e): why for e, why in skipped.items()}
-    analysis["seconds"] = time.perf_counter() - start
     session.write_json("analysis/sweet_spot_analysis.json", analysis)
+    # Logged, not written: a rerun must leave the evidence byte for byte as it was.
+    analysis["seconds"] = time.perf_counter() - start
     return analysis, history
 
 
