@@ -60,11 +60,12 @@ def train(seed: int, backup: Path, extra: list[str]) -> float:
 
 
 def phase_seconds(log: Path) -> dict[str, float]:
-    """The last "phase N done in X s" of each phase in a run's log."""
+    """Each phase's seconds in a run's log, summed over its "phase N done in X s" lines
+    (a resumed or rerun phase adds what that run spent on it)."""
     found: dict[str, float] = {}
     if log.is_file():
         for m in re.finditer(r"phase (\d) done in (\d+) s", log.read_text(encoding="utf-8")):
-            found[m.group(1)] = float(m.group(2))
+            found[m.group(1)] = found.get(m.group(1), 0.0) + float(m.group(2))
     return found
 
 

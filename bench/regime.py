@@ -92,8 +92,8 @@ def main() -> None:
         selection = json.loads((session / "lr_sweep" / "lr_selection_report.json").read_text())
         grid = selection.get("grid") or {}
         times = phase_seconds(trained / "run_study.log")
-        print(f"\nseed {seed}: phases 0-2 in {wall:.0f} s (phase 1 {times.get('1', '?')} s, "
-              f"phase 2 {times.get('2', '?')} s)")
+        print(f"\nseed {seed}: phase 1 {times.get('1', '?')} s, phase 2 {times.get('2', '?')} s "
+              f"(all runs of the log; {wall:.0f} s in this invocation)")
         print(f"  LR grid tried {grid.get('tried')}, completed {grid.get('completed')}; selected "
               f"{selection['selected_lr']:g}: {selection['selection_reason']}")
         print(f"  {grid.get('message', '')}")
