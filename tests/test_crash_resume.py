@@ -18,7 +18,7 @@ def test_sigkill_in_every_phase_then_rerun_equals_an_unbroken_run(tmp_path, unbr
     states = [t.state for t in optuna.load_study(study_name=f"{STUDY}-long-run",
                                                  storage=storage).trials]
     assert states == [TrialState.RUNNING]  # left running by the killed process
-    run_until(crashed, "phase 3: overfitting point")  # phase 3 done, phase 4 not started
+    run_until(crashed, "phase 3 done in")  # phase 3 done, phase 4 not started
     run_until(crashed, "crossover trial 1:")          # phase 4, a queued trial evaluated, not told
     states = [t.state for t in optuna.load_study(study_name=f"{STUDY}-crossover",
                                                  storage=storage).trials]
