@@ -86,16 +86,17 @@ def test_a_session_of_another_format_version_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path):
-    # 100 sweep epochs: the sweep (about a minute) outlasts any lag of this reader (a smoke run can write
-    # all of its log into the pipe and exit before a loaded machine schedules the reader).
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # A shell starts a background job with SIGINT ignored, and a child inherits that: the
+        # run below could not get a Ctrl-C whatever it did.
+        pytest.skip("SIGINT is ignored in this process (started in the background)")
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_study.py"), "--no-progress",
-                             "--smoke", "--sweep-epochs", "100", "--stop-after", "1",
-                             "--backup-dir", str(tmp_path)], cwd=ROOT,
+                             "--smoke", "--backup-dir", str(tmp_path)], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True)
     seen = []
     for line in proc.stderr:
         seen.append(line)
-        if "epoch 1/100" in line:  # inside an LR sweep trial
+        if "epoch 1/2" in line:  # inside an LR sweep trial
             os.kill(proc.pid, signal.SIGINT)
             break
     rest = proc.communicate(timeout=120)[1]
