@@ -51,8 +51,11 @@ def splice_evaluations(model: nn.Module, root: Path, spec: GroupSpec, reference:
         at_reference = _kept(evaluate(model, val, tasks, device=device))
     out: dict[str, dict[int, dict[str, Any]]] = {
         g: ({reference: at_reference} if reference in es else {}) for g, es in epochs.items()}
+    kept = 0
     for g, es in epochs.items():
-        out[g].update({e: m for e, m in known.get(g, {}).items() if e in es})
+        earlier = {e: m for e, m in known.get(g, {}).items() if e in es and e != reference}
+        out[g].update(earlier)
+        kept += len(earlier)
     todo = [(g, e) for g, es in epochs.items() for e in es if e not in out[g]]
     for group, epoch in tqdm(todo, desc="phase 3: splicing", unit="eval", disable=not progress):
         own = load_tensors(verified_group_file(root, epoch, group), upcast=True)
@@ -60,7 +63,7 @@ def splice_evaluations(model: nn.Module, root: Path, spec: GroupSpec, reference:
         out[group][epoch] = _kept(evaluate(model, val, tasks, device=device))
     logger.info("phase 3: %d spliced evaluations (%d groups, reference epoch %d; %d kept from "
                 "an earlier run) in %.1f s", len(todo), len(epochs), reference,
-                sum(len(v) for v in out.values()) - len(todo), time.perf_counter() - start)
+                kept, time.perf_counter() - start)
     return out
 
 
