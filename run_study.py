@@ -142,7 +142,15 @@ def _parser() -> argparse.ArgumentParser:
                         f"more points beyond that edge, one at a time (0 = never) "
                         f"{d(S, 'extend_grid')}")
     t.add_argument("--sweep-epochs", type=int, help=f"epochs per LR {d(S, 'epochs')}")
-    t.add_argument("--epochs", type=int, help=f"long-run epochs {d(L, 'epochs')}")
+    t.add_argument("--epochs", type=int,
+                   help=f"the long run's maximum epochs (the strategy's) {d(L, 'epochs')}")
+    t.add_argument("--patience", type=int,
+                   help="stop the long run once the monitor, and every group's own val loss "
+                        "where the model reports one, has not improved for this many "
+                        f"checkpoints; 0 = run every epoch {d(L, 'patience')}")
+    t.add_argument("--min-checkpoints", type=int,
+                   help="the fewest checkpoints the long run stops with (the crossover and "
+                        f"the soups choose among them) {d(L, 'min_checkpoints')}")
     t.add_argument("--checkpoint-dtype", choices=("fp32", "bf16", "fp16"),
                    help="width of the group weights in modular checkpoints (the resume state "
                         "keeps full precision) (default: fp32)")
@@ -161,6 +169,10 @@ def _parser() -> argparse.ArgumentParser:
                         "torchao's 8-bit AdamW; adamw-offload: AdamW's state and step on the "
                         "CPU (CUDA); auto (default): adamw unless --gpu-memory-gib needs "
                         "another (the last two need pip install -e '.[gpu]')")
+    t.add_argument("--dense-embeddings", action="store_true",
+                   help="train embedding tables a model marks sparse (the n-gram presets') "
+                        "densely with the optimizer of the rest, instead of with sparse "
+                        "gradients and SparseAdam")
     t.add_argument("--llrd-decay", type=float,
                    help=f"1 = no layer-wise LR decay {d(T, 'llrd_decay')}")
     t.add_argument("--precision", help=f"auto | fp32 | bf16 | fp16 {d(T, 'precision')}")
@@ -287,7 +299,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                                 ema_decay="ema_decay", ema_device="ema_device",
                                 llrd_decay="llrd_decay", optimizer="optimizer",
                                 precision="precision", seed="seed"),
-                        progress=not args.no_progress)
+                        progress=not args.no_progress,
+                        **({"sparse_embeddings": False} if args.dense_embeddings else {}))
     sweep = given(epochs="sweep_epochs", extend_grid="extend_grid")
     if args.lr_grid is not None:
         sweep["lr_grid"] = _lr_grid(args.lr_grid)
@@ -321,7 +334,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(
         **top, train=train, sweep=SweepConfig(**sweep),
         long_run=LongRunConfig(**given(epochs="epochs", checkpoint_every="checkpoint_every",
-                                       checkpoint_dtype="checkpoint_dtype")),
+                                       checkpoint_dtype="checkpoint_dtype", patience="patience",
+                                       min_checkpoints="min_checkpoints")),
         overfit=OverfitConfig(**given(decide_by="overfit_criterion")))
 
 

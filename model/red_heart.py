@@ -43,6 +43,9 @@ class RedHeartConfig:
     max_length: int = 48
     neural_hidden: int = 32
     dsp_bins: int = 16
+    # The DSP module's FFT length (positions past it are left out): None = max_length. A
+    # long max_length for long texts need not make every batch's FFT that long.
+    dsp_length: int | None = None
     dsp_channels: int = 8
     adv_d_model: int = 16
     adv_layers: int = 1
@@ -53,6 +56,9 @@ class RedHeartConfig:
     # cheap on CPU; then n_layers/n_heads/d_ff (and the adv_ ones) are unused.
     backbone: str = "transformer"
     ngram_orders: int = 3  # character n-grams of length 1..ngram_orders
+    # Word n-grams of length 1..word_ngrams beside the character ones (0: none); a word is
+    # a run of non-space characters, ASCII letters lowercased (fastText's word features).
+    word_ngrams: int = 0
     ngram_buckets: int = 2**16  # hash table rows of the backbone (row 0 = padding)
     adv_ngram_buckets: int = 2**14  # hash table rows of each advanced analyzer
     # Keep only each transformer layer's input for backward and recompute the rest
@@ -64,6 +70,8 @@ class RedHeartConfig:
             raise ValueError(f"backbone must be one of {_BACKBONES}, got {self.backbone!r}")
         if self.ngram_orders < 1:
             raise ValueError(f"ngram_orders must be >= 1, got {self.ngram_orders!r}")
+        if self.word_ngrams not in (0, 1, 2):
+            raise ValueError(f"word_ngrams must be 0, 1 or 2, got {self.word_ngrams!r}")
         if self.ngram_buckets < 2:
             raise ValueError(f"ngram_buckets must be >= 2, got {self.ngram_buckets!r}")
         if self.adv_ngram_buckets < 2:
@@ -80,23 +88,33 @@ class RedHeartConfig:
             )
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length!r}")
-        if not 1 <= self.dsp_bins <= self.max_length // 2 + 1:
+        if self.dsp_length is not None and self.dsp_length < 2:
+            raise ValueError(f"dsp_length must be >= 2, got {self.dsp_length!r}")
+        if not 1 <= self.dsp_bins <= self.fft_length // 2 + 1:
             raise ValueError(
-                f"dsp_bins must be in [1, max_length // 2 + 1], got {self.dsp_bins!r}"
+                f"dsp_bins must be in [1, fft_length // 2 + 1], got {self.dsp_bins!r}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
+    @property
+    def fft_length(self) -> int:
+        """The DSP module's FFT length."""
+        return self.dsp_length or self.max_length
+
 
 PRESETS: dict[str, RedHeartConfig] = {
-    # CPU default: hashed byte n-gram backbone, in the strategy's regime (far more
-    # parameters than training rows) and fast on 2 cores.
-    # 5.9M parameters: ~800 per training row of the default 10,000-row sample.
-    "ngram": RedHeartConfig(backbone="ngram", ngram_orders=3, d_model=64, max_length=128, neural_hidden=128,
-                            dsp_bins=16, dsp_channels=8, adv_d_model=32, ngram_buckets=2**16,
+    # CPU default: hashed character 1-4-grams and word 1-2-grams (fastText's features, and
+    # the TF-IDF baseline's character range), in the strategy's regime (far more parameters
+    # than training rows: 10.1M, ~1,400 per training row of the default 10,000-row sample)
+    # and fast on 2 cores (the tables train sparse). max_length 512 bytes keeps 96% of the
+    # Rotten Tomatoes snippets whole (128 cut 42% of them) and caps what one huge row can
+    # pad a batch to; the DSP module's FFT stays at 128 positions.
+    "ngram": RedHeartConfig(backbone="ngram", ngram_orders=4, word_ngrams=2, d_model=64,
+                            max_length=512, dsp_length=128, neural_hidden=128, dsp_bins=16,
+                            dsp_channels=8, adv_d_model=32, ngram_buckets=2**17,
                             adv_ngram_buckets=2**14),
-    # CPU default, sized so the whole default pipeline (85 epochs over ~7,200 training
-    # rows, R-Drop in the long run) stays under 15 minutes on 2 cores.
+    # The smallest byte transformer (tests and quick checks).
     "tiny": RedHeartConfig(),
     "small": RedHeartConfig(d_model=128, n_layers=4, n_heads=4, d_ff=512, max_length=64,
                             neural_hidden=128, adv_d_model=64, adv_layers=1, adv_heads=4,
@@ -185,10 +203,58 @@ def _character_codes(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     return codes, valid
 
 
-def ngram_hashes(ids: torch.Tensor, mask: torch.Tensor, orders: int) -> torch.Tensor:
-    """Hashed character n-grams of UTF-8 byte ids (B, L) -> (B, W, orders) int64, where
-    [b, i, n-1] hashes the n-gram of characters i..i+n-1 and W is the batch's longest
-    text in characters plus its end marker; -1 where the n-gram runs past the marker.
+_SPACES = torch.tensor([0x20, 0x09, 0x0A, 0x0D]) + 1  # character codes of ASCII whitespace
+# Position multipliers of the word hash (any distinct odd numbers below the prime will do).
+_WORD_MIX = 2 * torch.arange(1, 65, dtype=torch.long) * 2_654_435 + 1
+_WORD_TAG = 101  # word n-gram orders hash apart from character n-gram orders (1..orders)
+
+
+def _word_hashes(codes: torch.Tensor, valid_chars: torch.Tensor, words: int) -> list[torch.Tensor]:
+    """Hashed word n-grams of character codes (B, W) -> ``words`` tensors (B, W): at the
+    first character of word k, the hash of words k-n+1..k (n = 1..words); -1 elsewhere.
+
+    A word is a run of characters that are not ASCII whitespace, CLS or the end marker.
+    Its hash sums each character's code (ASCII letters lowercased) times a multiplier of
+    its place in the word, mod the prime: order-sensitive, vectorised, no vocabulary.
+    """
+    b, w = codes.shape
+    pos = torch.arange(w, device=codes.device).expand(b, w)
+    lower = codes + 32 * ((codes >= 0x41 + 1) & (codes <= 0x5A + 1))   # A-Z -> a-z (code = byte + 1)
+    is_word = (valid_chars & ~torch.isin(codes, _SPACES.to(codes.device)) & (pos > 0)
+               & (codes != _END_CODE))                                  # (B, W)
+    prev = torch.nn.functional.pad(is_word[:, :-1], (1, 0), value=False)
+    start = is_word & ~prev                                             # (B, W) word starts
+    k = start.long().cumsum(1) - 1                                      # (B, W) word index
+    first = torch.where(start, pos, 0).cummax(1).values                 # its first character
+    place = (pos - first).clamp(max=_WORD_MIX.numel() - 1)
+    term = torch.where(is_word, (lower % _HASH_PRIME) * _WORD_MIX.to(codes.device)[place]
+                       % _HASH_PRIME, 0)
+    n_words = int(start.sum(1).max()) if b else 0
+    sums = torch.zeros(b, n_words + 1, dtype=torch.long, device=codes.device)
+    sums.scatter_add_(1, torch.where(is_word, k, n_words), term)
+    word = sums[:, :n_words] % _HASH_PRIME                              # (B, K)
+    at = torch.zeros(b, n_words + 1, dtype=torch.long, device=codes.device)
+    at.scatter_(1, torch.where(start, k, n_words), pos)                 # (B, K+1) start places
+    exists = torch.arange(n_words, device=codes.device) < start.sum(1, keepdim=True)  # (B, K)
+    out, h = [], word
+    for n in range(1, words + 1):
+        if n > 1:  # words k-n+1..k: extend the (n-1)-gram ending at k-1 by word k
+            h = torch.nn.functional.pad(h[:, :-1], (1, 0))
+            h = (h * 1_000_003 + word) % _HASH_PRIME
+        ok = exists & (torch.arange(n_words, device=codes.device) >= n - 1)
+        tagged = torch.where(ok, (h * 1_009 + _WORD_TAG + n) % _HASH_PRIME, -1)   # (B, K)
+        grid = torch.full((b, w + 1), -1, dtype=torch.long, device=codes.device)
+        grid.scatter_(1, torch.where(ok, at[:, :n_words], w), tagged)
+        out.append(grid[:, :w])
+    return out
+
+
+def ngram_hashes(ids: torch.Tensor, mask: torch.Tensor, orders: int,
+                 words: int = 0) -> torch.Tensor:
+    """Hashed character n-grams of UTF-8 byte ids (B, L) -> (B, W, orders + words) int64,
+    where [b, i, n-1] hashes the n-gram of characters i..i+n-1 and W is the batch's longest
+    text in characters plus its end marker; -1 where the n-gram runs past the marker. The
+    last ``words`` slots hold word n-grams (``_word_hashes``) at their words' starts.
 
     A polynomial rolling hash mod a prime with the order mixed in, so equal hashes of
     different lengths land apart. Pure tensor ops: no vocabulary, any script, any device.
@@ -203,43 +269,55 @@ def ngram_hashes(ids: torch.Tensor, mask: torch.Tensor, orders: int) -> torch.Te
         valid = valid & torch.nn.functional.pad(valid_chars[:, n - 1:], (0, n - 1), value=False)
         h = (h * 1_000_003 + nxt) % _HASH_PRIME
         out.append(torch.where(valid, (h * 1_009 + n) % _HASH_PRIME, -1))
+    if words:
+        out += _word_hashes(codes, valid_chars, words)
     return torch.stack(out, dim=-1)
 
 
 class _NgramEncoder(nn.Module):
-    """Hashed character n-gram embeddings (fastText-style, Joulin et al. 2017).
+    """Hashed character (and word) n-gram embeddings (fastText-style, Joulin et al. 2017).
 
     Takes the n-gram hashes (``ngram_hashes``, computed once per forward for every
     encoder of the model) and maps them onto its own table; row 0 stands for "no n-gram"
-    and stays zero. Each character position's vector is the sum of the embeddings of
-    the n-grams that start there (B, W, D); the pooled feature is their sum over
-    positions divided by the square root of the number of n-grams, so long and short
-    texts land on one scale.
+    and stays zero. ``per_position``: each character position's vector is the sum of the
+    embeddings of the n-grams that start there (B, W, D), for the DSP module; otherwise
+    only the pooled feature is made. The pooled feature is the sum over the text divided
+    by the square root of the number of n-grams, so long and short texts land on one scale.
+
+    The table is an ``nn.EmbeddingBag`` (one fused lookup-and-sum, no (M, D) intermediate)
+    marked ``sparse``: a batch touches a few thousand of its rows, and the engine trains
+    them with sparse gradients and SparseAdam (see ``model.training``).
     """
 
-    def __init__(self, d: int, buckets: int, dropout: float):
+    def __init__(self, d: int, buckets: int, dropout: float, per_position: bool = True):
         super().__init__()
-        self.buckets = buckets
-        self.embedding = nn.Embedding(buckets, d, padding_idx=0)
+        self.buckets, self.per_position = buckets, per_position
+        self.embedding = nn.EmbeddingBag(buckets, d, mode="sum", padding_idx=0, sparse=True)
         nn.init.normal_(self.embedding.weight, std=0.1)
         with torch.no_grad():
             self.embedding.weight[0].zero_()
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, hashes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hashes (B, W, N) -> (per-character vectors (B, W, D), zero past the text;
-        pooled features (B, D))."""
+    def forward(self, hashes: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """hashes (B, W, N) -> (per-character vectors (B, W, D), zero past the text, or
+        None when not ``per_position``; pooled features (B, D))."""
         b, w, _ = hashes.shape
         valid = hashes >= 0                                           # (B, W, N)
-        # Look up only the n-grams that exist (M of them): a batch is padded to its longest
-        # text, about 3x the mean on the kaomoji corpus, and padding would cost as much.
-        at = valid.nonzero()                                          # (M, 3): b, w, n
-        vectors = self.embedding(1 + hashes[valid] % (self.buckets - 1))  # (M, D)
-        emb = vectors.new_zeros(b * w, vectors.shape[1]).index_add_(
-            0, at[:, 0] * w + at[:, 1], vectors).view(b, w, -1)       # (B, W, D)
-        count = valid.sum((1, 2)).clamp(min=1).unsqueeze(-1)         # (B, 1)
-        pooled = emb.sum(1) / count.to(emb.dtype).sqrt()              # (B, D)
+        # Only the n-grams that exist (M of them, in (b, w, n) order): a batch is padded to
+        # its longest text, about 3x the mean on the kaomoji corpus.
+        rows = 1 + hashes[valid] % (self.buckets - 1)                 # (M,)
+        per_bag = valid.sum(-1) if self.per_position else valid.sum((1, 2))  # (B, W) or (B,)
+        counts = per_bag.flatten()
+        offsets = counts.cumsum(0) - counts                           # each bag's first n-gram
+        bags = self.embedding(rows, offsets)                          # (B*W, D) or (B, D)
+        total = valid.sum((1, 2)).clamp(min=1).unsqueeze(-1)          # (B, 1) n-grams per text
+        if self.per_position:
+            emb = bags.view(b, w, -1)                                 # (B, W, D)
+            pooled = emb.sum(1)
+        else:
+            emb, pooled = None, bags
+        pooled = pooled / total.to(pooled.dtype).sqrt()               # (B, D)
         return emb, self.norm(self.dropout(pooled))
 
 
@@ -247,13 +325,13 @@ class _DSP(nn.Module):
     """Magnitude spectrum of the embedded sequence (projected to a few channels) along
     positions.
 
-    The FFT length is fixed at max_length so a frequency bin means the same
-    thing whatever the batch's padded length is.
+    The FFT length is fixed (``fft_length``: ``dsp_length`` or max_length) so a frequency
+    bin means the same thing whatever the batch's padded length is.
     """
 
     def __init__(self, cfg: RedHeartConfig, tasks: Sequence[TaskSpec]):
         super().__init__()
-        self.n_fft, self.bins = cfg.max_length, cfg.dsp_bins
+        self.n_fft, self.bins = cfg.fft_length, cfg.dsp_bins
         # No bias: positions past the text stay 0 after the projection.
         self.channel_proj = nn.Linear(cfg.d_model, cfg.dsp_channels, bias=False)
         self.mlp = nn.Sequential(nn.GELU(), nn.Flatten(),
@@ -263,7 +341,7 @@ class _DSP(nn.Module):
 
     def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
         # Project to a few channels first, so the FFT runs over C channels instead of D.
-        x = self.channel_proj(emb).float()                            # (B, L, C), 0 past the text
+        x = self.channel_proj(emb[:, : self.n_fft]).float()           # (B, L', C), 0 past the text
         spec = torch.fft.rfft(x, n=self.n_fft, dim=1).abs()[:, : self.bins]  # (B, bins, C)
         h = self.mlp(torch.log1p(spec).to(emb.dtype))                 # (B, hidden)
         return {name: head(h) for name, head in self.out.items()}
@@ -310,7 +388,8 @@ class RedHeart(nn.Module):
         self.advanced = nn.ModuleDict({
             t.name: nn.ModuleDict({
                 "encoder": (
-                    _NgramEncoder(cfg.adv_d_model, cfg.adv_ngram_buckets, cfg.dropout)
+                    _NgramEncoder(cfg.adv_d_model, cfg.adv_ngram_buckets, cfg.dropout,
+                                  per_position=False)
                     if cfg.backbone == "ngram"
                     else _ByteEncoder(cfg.adv_d_model, cfg.adv_layers, cfg.adv_heads, cfg.adv_d_ff,
                                       cfg.max_length, cfg.dropout, cfg.activation_checkpointing)),
@@ -345,7 +424,7 @@ class RedHeart(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
         # The n-gram backbone and analyzers share one hashing of the text: (B, W, N).
-        inputs = ((ngram_hashes(ids, mask, self.cfg.ngram_orders),)
+        inputs = ((ngram_hashes(ids, mask, self.cfg.ngram_orders, self.cfg.word_ngrams),)
                   if self.cfg.backbone == "ngram" else (ids, mask))
         emb, feat = self.backbone(*inputs)                            # (B, L, D), (B, D)
         out: dict[str, dict[str, torch.Tensor]] = {

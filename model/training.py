@@ -73,6 +73,10 @@ class TrainConfig:
     analyzer_lr_scale: float = 0.7
     aux_weight: float = 1.0
     grad_clip: float = 1.0  # 0 turns clipping off (the norm is still measured)
+    # Embedding tables a model marks sparse (``nn.Embedding(..., sparse=True)``, as the n-gram
+    # presets do) train with sparse gradients and torch's SparseAdam, which updates only the
+    # rows a batch touched; False (or an optimizer other than adamw): dense, like the rest.
+    sparse_embeddings: bool = True
     precision: str = "auto"  # CUDA: bf16 if supported else fp16; CPU: fp32
     seed: int = 0
     progress: bool = True
@@ -175,6 +179,33 @@ def resolve_precision(requested: str, device: torch.device) -> torch.dtype | Non
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
 
 
+def sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of the embedding tables ``model`` marks sparse (their public ``sparse``
+    flag): their gradients are sparse tensors of the rows a batch touched."""
+    return [m.weight for m in model.modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse
+            and m.weight.requires_grad]
+
+
+def _densify(model: nn.Module) -> None:
+    """Train every embedding table with dense gradients (clears the ``sparse`` flags)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            m.sparse = False
+
+
+def _split_sparse(groups: list[dict], sparse: list[nn.Parameter]) -> tuple[list[dict], list[dict]]:
+    """LLRD groups -> (dense groups, sparse groups): each keeps its name and LR."""
+    ids = {id(p) for p in sparse}
+    dense, rows = [], []
+    for g in groups:
+        for out, keep in ((dense, lambda p: id(p) not in ids), (rows, lambda p: id(p) in ids)):
+            params = [p for p in g["params"] if keep(p)]
+            if params:
+                out.append({**g, "params": params})
+    return dense, rows
+
+
 @dataclass
 class Engine:
     """Everything that changes during training, in one place (and in the resume state)."""
@@ -195,6 +226,14 @@ class Engine:
     ddp: nn.Module | None = None
     rank: int = 0
     world: int = 1
+    # SparseAdam over the sparse embedding tables, with its own cosine schedule (the same
+    # horizon as the dense one); None when the model has none or they train densely.
+    sparse_optimizer: torch.optim.Optimizer | None = None
+    sparse_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    @property
+    def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
+        return (self.optimizer,) + ((self.sparse_optimizer,) if self.sparse_optimizer else ())
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything training changes, split for safe storage: named tensors (weights,
@@ -209,6 +248,12 @@ class Engine:
         plain = {"optimizer": opt_plain,
                  "scheduler": split_tensors(self.scheduler.state_dict(), "scheduler", tensors),
                  "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
+        if self.sparse_optimizer is not None:
+            sparse_tensors, plain["sparse_optimizer"] = split_state(
+                self.sparse_optimizer.state_dict(), "sparse_optimizer")
+            tensors.update(sparse_tensors)
+            plain["sparse_scheduler"] = split_tensors(self.sparse_scheduler.state_dict(),
+                                                      "sparse_scheduler", tensors)
         return tensors, plain
 
     def load_state_dict(self, tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any]) -> None:
@@ -217,6 +262,13 @@ class Engine:
         sync_offloaded_weights(self.optimizer)
         self.optimizer.load_state_dict(join_state(plain["optimizer"], tensors))
         self.scheduler.load_state_dict(join_tensors(plain["scheduler"], tensors))
+        if (self.sparse_optimizer is not None) != ("sparse_optimizer" in plain):
+            raise ValueError("the resume state was written with the embedding tables trained "
+                             f"{'sparse' if 'sparse_optimizer' in plain else 'dense'}, this "
+                             "engine trains them otherwise")
+        if self.sparse_optimizer is not None:
+            self.sparse_optimizer.load_state_dict(join_state(plain["sparse_optimizer"], tensors))
+            self.sparse_scheduler.load_state_dict(join_tensors(plain["sparse_scheduler"], tensors))
         if self.scaler is not None and plain.get("scaler"):
             self.scaler.load_state_dict(plain["scaler"])
         if self.ema is not None:
@@ -239,6 +291,11 @@ def build_engine(
 ) -> Engine:
     """The optimizer over LLRD groups, cosine annealing over all optimizer steps, EMA, scaler.
 
+    Embedding tables the model marks sparse train with ``torch.optim.SparseAdam`` (each in
+    its LLRD group's LR, on the same cosine schedule) when ``config.sparse_embeddings`` and
+    the optimizer is AdamW; SparseAdam has no weight decay, so those tables train without
+    it. Gradient clipping takes their norm into the global one.
+
     An optimizer that trains bf16 weights (``adamw8bit``) casts the model to bf16 here; the
     EMA copy stays fp32, because decay 0.999 moves it by a thousandth of the gap each step,
     far below bf16's resolution of 1/128 relative.
@@ -247,10 +304,18 @@ def build_engine(
     name = config.resolved_optimizer
     weights_dtype = option(name).weights_dtype
     model.to(device=device, dtype=weights_dtype)
+    if not config.sparse_embeddings or name != "adamw":
+        _densify(model)  # torchao's optimizers take dense gradients only
     groups = llrd_param_groups(model, spec, config.lr, config.llrd_decay, config.analyzer_lr_scale)
+    groups, sparse_groups = _split_sparse(groups, sparse_parameters(model))
     optimizer = build_optimizer(name, groups, config.lr, config.weight_decay, device)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(1, steps_per_epoch * config.epochs))
+    horizon = max(1, steps_per_epoch * config.epochs)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=horizon)
+    sparse_optimizer = sparse_scheduler = None
+    if sparse_groups:
+        sparse_optimizer = torch.optim.SparseAdam(sparse_groups, lr=config.lr)
+        sparse_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(sparse_optimizer,
+                                                                      T_max=horizon)
     amp_dtype = resolve_precision(config.precision, device)
     if amp_dtype == torch.float16:  # also what "auto" resolved to on this device
         check_precision(name, "fp16")
@@ -259,7 +324,7 @@ def build_engine(
     ema = (build_ema(model, config.ema_decay, config.ema_device, dtype=torch.float32)
            if config.ema_decay > 0 else None)
     return Engine(model, tuple(tasks), config, optimizer, scheduler, device, amp_dtype, scaler, ema,
-                  spec)
+                  spec, sparse_optimizer=sparse_optimizer, sparse_scheduler=sparse_scheduler)
 
 
 def distribute(engine: Engine) -> None:
@@ -346,11 +411,30 @@ def _group_grad_stats(model: nn.Module, spec: GroupSpec) -> dict[str, dict[str, 
     """``tensor_stats`` of each group's gradient (before clipping)."""
     out = {}
     for group in spec.groups:
-        grads = [p.grad.detach().flatten() for _, p in spec.named_parameters_of(model, group)
-                 if p.grad is not None]
+        grads = [(p.grad.to_dense() if p.grad.is_sparse else p.grad).detach().flatten()
+                 for _, p in spec.named_parameters_of(model, group) if p.grad is not None]
         if grads:
             out[group] = tensor_stats(torch.cat(grads))
     return out
+
+
+def _global_norm(params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """The 2-norm of all gradients together. A sparse gradient (an embedding table's: one
+    entry per looked-up row, repeats included) is coalesced first, so repeated rows add up
+    before they are squared, and stays coalesced for the optimizer."""
+    dense, squares = [], []
+    for p in params:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+            squares.append(p.grad.values().float().pow(2).sum())
+        else:
+            dense.append(p.grad)
+    norm = torch.nn.utils.get_total_norm(dense) if dense else torch.zeros(())
+    if not squares:
+        return norm
+    return (norm.float().pow(2) + torch.stack(squares).sum()).sqrt()
 
 
 def _trend_figures(step_losses: torch.Tensor) -> tuple[float, float]:
@@ -421,8 +505,12 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
     # LRs of this epoch's first step, per optimizer group (the cosine moves them every step).
     lrs = {g.get("name", str(k)): float(g["lr"])
            for k, g in enumerate(engine.optimizer.param_groups)}
+    if engine.sparse_optimizer is not None:
+        lrs.update({f"{g.get('name', k)} (sparse)": float(g["lr"])
+                    for k, g in enumerate(engine.sparse_optimizer.param_groups)})
     model.train()
-    engine.optimizer.zero_grad(set_to_none=True)
+    for opt in engine.optimizers:
+        opt.zero_grad(set_to_none=True)
     start = time.perf_counter()
     for i, index in enumerate(tqdm(batches, desc=f"epoch {epoch}", leave=False,
                                    disable=not cfg.progress)):
@@ -455,19 +543,23 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
 
         # -- phase 4: optimizer step at the end of each accumulation group.
         if last:
-            engine.scaler.unscale_(engine.optimizer)
-            grads = [p.grad for p in params if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads)
+            for opt in engine.optimizers:
+                engine.scaler.unscale_(opt)
+            norm = _global_norm(params)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grads_with_norm_(clip_targets(engine.optimizer, params),
                                                      cfg.grad_clip, norm)
             if engine.spec is not None and i == len(batches) - 1:
                 group_grads = _group_grad_stats(model, engine.spec)
             with _step_rng(engine, epoch, i):
-                engine.scaler.step(engine.optimizer)
+                for opt in engine.optimizers:
+                    engine.scaler.step(opt)
             engine.scaler.update()
             engine.scheduler.step()
-            engine.optimizer.zero_grad(set_to_none=True)
+            if engine.sparse_scheduler is not None:
+                engine.sparse_scheduler.step()
+            for opt in engine.optimizers:
+                opt.zero_grad(set_to_none=True)
             if engine.ema is not None:
                 engine.ema.update_parameters(model)
             grad_norms.append(norm.detach().float().cpu())

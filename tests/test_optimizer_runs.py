@@ -18,7 +18,7 @@ from model.optimizers import available
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not available("adamw8bit"), reason="torchao is not installed")]
 
-EIGHT = ("--optimizer", "adamw8bit")
+EIGHT = ("--optimizer", "adamw8bit", "--preset", "tiny")  # the smallest model: the point is the optimizer
 
 
 def test_an_8bit_run_killed_in_the_long_run_resumes_to_the_unbroken_runs_results(tmp_path):

@@ -214,6 +214,14 @@ def share_engine(engine: Engine, start_epoch: int | None) -> int:
     return int(plain["start"])
 
 
+def share_go(go: bool | None) -> bool:
+    """Rank 0's word before each long-run epoch (True: train it; False: the run ended),
+    received by every follower (which pass None)."""
+    flag = torch.tensor([int(bool(go)) if dist.get_rank() == 0 else 0], device=_comm_device())
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
 def check_tasks(tasks: Sequence[TaskSpec]) -> None:
     """Every rank must have read the same tasks (the same data and label fields)."""
     mine = [[t.name, t.kind, t.num_outputs] for t in tasks]
@@ -224,4 +232,4 @@ def check_tasks(tasks: Sequence[TaskSpec]) -> None:
 
 
 __all__ = ["DONE", "GO", "Launch", "announce", "check_tasks", "job_store", "launch_from_env",
-           "process_group", "rank_device", "share_engine", "share_split", "wait_for_long_run"]
+           "process_group", "rank_device", "share_engine", "share_go", "share_split", "wait_for_long_run"]

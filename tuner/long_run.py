@@ -11,6 +11,7 @@ equal those of an unbroken run.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -56,10 +57,13 @@ from .distributed import (
     check_tasks,
     process_group,
     share_engine,
+    share_go,
     share_split,
     wait_for_long_run,
 )
+from .early_stop import StopRule, stop_decision
 from .lr_sweep import epoch_attr
+from .monitor import VAL_LOSS, Monitor
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +78,13 @@ class LongRunConfig:
     # Group weights in the modular checkpoints at this width (None: fp32); the resume
     # state always keeps full precision.
     checkpoint_dtype: str | None = None
+    # The early stop (tuner.early_stop): checkpoints without improvement of the monitor (and
+    # of every group's own val loss) before the run ends; 0 runs all ``epochs``.
+    patience: int = 4
+    min_checkpoints: int = 5
 
     def __post_init__(self) -> None:
+        StopRule(self.patience, self.min_checkpoints)  # one ValueError per bad value
         if self.checkpoint_dtype is not None and self.checkpoint_dtype not in CHECKPOINT_DTYPES:
             raise ValueError(f"checkpoint_dtype must be fp32, bf16 or fp16, got "
                              f"{self.checkpoint_dtype!r}")
@@ -121,6 +130,7 @@ def progress_report(epoch: int, total_epochs: int, checkpoints: Sequence[int],
     return {
         "epoch": epoch,
         "total_checkpoints": len(checkpoints),
+        # Of the maximum: an early stop ends the run before 100%.
         "training_progress": 100.0 * epoch / total_epochs,
         "metrics_summary": {"train_loss": history[-1]["train_loss"],
                             "val_loss": history[-1]["val_loss"], "val_acc": history[-1]["val_acc"]},
@@ -197,16 +207,16 @@ def _claim_trial(study: optuna.Study, trial: optuna.Trial, lr: float, hb: Heartb
 
 
 def run_long_run(study: optuna.Study, lr: float, cfg: LongRunConfig, train_cfg: TrainConfig,
-                 ctx: RunContext) -> dict[str, Any] | None:
-    """Train (or finish training) the long run. Returns its summary, or None when another
-    live worker owns it."""
+                 ctx: RunContext, monitor: Monitor = VAL_LOSS) -> dict[str, Any] | None:
+    """Train (or finish training) the long run, stopping early by ``monitor`` (see
+    ``tuner.early_stop``). Returns its summary, or None when another live worker owns it."""
     hb = ctx.heartbeat
     if not _other_owner(study, hb):
         def objective(trial: optuna.Trial) -> float:
             if not _claim_trial(study, trial, lr, hb):
                 raise optuna.TrialPruned("another worker's trial came first")
             with trial_heartbeat(trial, hb):
-                return _train(study, trial, lr, cfg, train_cfg, ctx)
+                return _train(study, trial, lr, cfg, train_cfg, ctx, monitor)
 
         # Optuna's heartbeat thread runs for the whole run on RDB storages; an error or
         # Ctrl-C fails the trial and is raised here (the next run continues it).
@@ -217,21 +227,22 @@ def run_long_run(study: optuna.Study, lr: float, cfg: LongRunConfig, train_cfg: 
 
 
 def _train(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongRunConfig,
-           train_cfg: TrainConfig, ctx: RunContext) -> float:
+           train_cfg: TrainConfig, ctx: RunContext, monitor: Monitor) -> float:
     if ctx.launch is None:
-        return _train_ranks(study, trial, lr, cfg, train_cfg, ctx)
+        return _train_ranks(study, trial, lr, cfg, train_cfg, ctx, monitor)
     # torchrun: the followers wait on the job's store for this; then every rank joins.
     trial.set_user_attr("processes", ctx.launch.world)
     announce(ctx.launch, GO, {"lr": lr, "epochs": cfg.epochs})
     with process_group(ctx.launch, ctx.device):
-        return _train_ranks(study, trial, lr, cfg, train_cfg, ctx)
+        return _train_ranks(study, trial, lr, cfg, train_cfg, ctx, monitor)
 
 
 def follow_long_run(launch: Launch, tasks: Sequence[TaskSpec],
                     build: Callable[[], tuple[nn.Module, GroupSpec]], device: str,
                     train_cfg: TrainConfig) -> bool:
     """A torchrun follower (rank > 0): wait for rank 0's long run, train its share of every
-    batch in step with it, leave when it ends. False when rank 0 finished without one."""
+    batch in step with it, leave when it ends (rank 0 says before each epoch whether there
+    is one: the early stop is rank 0's decision). False when rank 0 finished without one."""
     order = wait_for_long_run(launch)
     if order is None:
         return False
@@ -247,13 +258,15 @@ def follow_long_run(launch: Launch, tasks: Sequence[TaskSpec],
         distribute(engine)
         logger.info("rank %d: training epochs %d-%d of the long run (LR %g) with rank 0",
                     launch.rank, start, order["epochs"], order["lr"])
-        for epoch in range(start, order["epochs"] + 1):
+        epoch = start
+        while share_go(None):
             train_one_epoch(engine, train, epoch)
+            epoch += 1
     return True
 
 
 def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongRunConfig,
-                 train_cfg: TrainConfig, ctx: RunContext) -> float:
+                 train_cfg: TrainConfig, ctx: RunContext, monitor: Monitor) -> float:
     """The long run on this process (rank 0 of a torchrun job: with its followers)."""
     run_cfg = replace(train_cfg, lr=lr, epochs=cfg.epochs)
     torch.manual_seed(run_cfg.seed)
@@ -268,10 +281,18 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
         share_split(ctx.train)
         share_engine(engine, start)
         distribute(engine)
+    rule = StopRule(cfg.patience, cfg.min_checkpoints)
+    primary = ctx.tasks[0].name
+    # A resumed run whose last checkpoint already decided the stop trains nothing more.
+    decision = _decide(history, checkpoints, monitor, primary, spec, rule)
 
     bar = tqdm(range(start, cfg.epochs + 1), desc=f"long run (LR {lr:g})", unit="epoch",
                initial=start - 1, total=cfg.epochs, disable=not train_cfg.progress)
     for epoch in bar:
+        if decision["stop"]:
+            break
+        if ctx.launch is not None:
+            share_go(True)  # the followers train this epoch with rank 0
         metrics = json_safe(run_epoch(engine, ctx.train, ctx.val, epoch))
         crash_point(f"long:epoch={epoch}")  # trained, nothing written yet
         if ctx.planned_memory_bytes and str(ctx.device).startswith("cuda"):
@@ -284,8 +305,11 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
                         metrics["peak_memory_bytes"] / ctx.planned_memory_bytes)
         history.append(metrics)
         if epoch % cfg.checkpoint_every == 0:
+            decision = _decide(history, [*checkpoints, epoch], monitor, primary, spec, rule)
+            # The checkpoint the run ends at keeps the EMA (phase 4's "ema" candidate).
+            last = decision["stop"] or epoch + cfg.checkpoint_every > cfg.epochs
             _write_checkpoint(root, epoch, engine, spec, metrics, history, cfg, checkpoints,
-                              ctx.session)
+                              ctx.session, with_ema=last)
         # Resume state before the Optuna report: a crash in between re-reports from it.
         tensors, plain = engine.state_dict()
         save_resume(root / "resume", epoch, tensors, {"engine": plain, "lr": lr, "history": history})
@@ -295,17 +319,54 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
         logger.info("long run epoch %d/%d: train_loss %.4f val_loss %.4f val_acc %.4f (%.1f s)",
                     epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"],
                     metrics["val_acc"], metrics["seconds"])
+        crash_point(f"long:decided={epoch}")  # the epoch (and a stop) on record, loop not left
     bar.close()
+    if ctx.launch is not None:
+        share_go(False)  # no more epochs: the followers leave
 
     best = min(history, key=lambda h: h["val_loss"])
-    summary = {"lr": lr, "epochs": cfg.epochs, "checkpoints": checkpoints,
+    summary = {"lr": lr, "epochs": history[-1]["epoch"], "max_epochs": cfg.epochs,
+               "checkpoints": checkpoints,
                "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                "final_val_loss": history[-1]["val_loss"], "final_val_acc": history[-1]["val_acc"],
+               "early_stop": _stop_evidence(decision, history, cfg),
                "training_complete": True}
+    if decision["stop"]:
+        logger.info("long run stopped early after epoch %d of %d: %s (saved %d epochs, about "
+                    "%.0f s)", history[-1]["epoch"], cfg.epochs, decision["reason"],
+                    summary["early_stop"]["epochs_saved"],
+                    summary["early_stop"]["seconds_saved_estimate"])
+    ctx.session.write_json("checkpoints/early_stop.json", summary["early_stop"])
     trial.set_user_attr("summary", summary)
     _own_phase4(study)  # before the trial completes: no window with no owner
     ctx.session.write_json("checkpoints/long_run_summary.json", summary)
     return best["val_loss"]
+
+
+def _decide(history: list[dict], checkpoints: list[int], monitor: Monitor, primary: str,
+            spec: GroupSpec, rule: StopRule) -> dict[str, Any]:
+    # Groups with losses of their own, by the modules the model reports in each epoch.
+    reported = set(history[-1]["val_module_loss"]) if history else set()
+    own = {g: mods for g, mods in spec.group_losses.items() if mods and set(mods) <= reported}
+    return stop_decision(history, checkpoints, monitor, primary, own, rule)
+
+
+def _stop_evidence(decision: dict[str, Any], history: list[dict], cfg: LongRunConfig
+                   ) -> dict[str, Any]:
+    """Why the run ended where it did, and what stopping saved (the mean epoch's seconds
+    times the epochs not trained: an estimate, their time was never spent)."""
+    last = history[-1]["epoch"]
+    seconds = [h["seconds"] for h in history if "seconds" in h]
+    mean = sum(seconds) / len(seconds) if seconds else 0.0
+    return {**decision, "stopped_early": bool(decision["stop"]) and last < cfg.epochs,
+            "last_epoch": last,
+            "max_epochs": cfg.epochs, "epochs_saved": cfg.epochs - last,
+            "seconds_saved_estimate": mean * (cfg.epochs - last),
+            # The cosine schedule keeps the maximum's horizon, so the epochs trained are
+            # exactly the full run's first ones; the stop only leaves out the rest.
+            "lr_schedule": f"cosine over the maximum {cfg.epochs} epochs; stopped at epoch "
+                           f"{last}, where the LR is "
+                           f"{0.5 * (1 + math.cos(math.pi * last / cfg.epochs)):.3f} x the peak"}
 
 
 def _resume(engine: Any, folder: Path, lr: float, trial: optuna.Trial) -> tuple[list[dict], int]:
@@ -332,11 +393,11 @@ def _resume(engine: Any, folder: Path, lr: float, trial: optuna.Trial) -> tuple[
 
 def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metrics: dict,
                       history: list[dict], cfg: LongRunConfig, checkpoints: list[int],
-                      session: Session) -> None:
+                      session: Session, with_ema: bool) -> None:
     # The EMA is read from the last checkpoint only (the "ema" candidate of phase 4): the
     # other checkpoints do not store it, which halves their size (the resume state has it).
     ema = None
-    if engine.ema is not None and epoch + cfg.checkpoint_every > cfg.epochs:
+    if engine.ema is not None and with_ema:
         ema = dict(engine.ema.module.state_dict())
     basic = {k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc",
                                      "overfit_gap")}

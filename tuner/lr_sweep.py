@@ -32,7 +32,7 @@ from ._workers import (
     worker_id,
 )
 from .context import RunContext
-from .pruning import INITIAL_ATTR, PruneRule, SweepPruner
+from .pruning import FULL_EPOCHS_ATTR, INITIAL_ATTR, PruneRule, SweepPruner
 from .selection import final_evaluation
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class SweepConfig:
     divergence_factor: float = 1.5
     prune_margin: float = 0.1
     prune_warmup: int = 2
+    # LRs below this run their full epochs unless they diverge (extension points below the
+    # base grid's smallest LR; set by phase 1, never a user setting).
+    full_epochs_below: float | None = None
     rule: PruneRule = field(init=False)
 
     def __post_init__(self) -> None:
@@ -222,6 +225,8 @@ def _point_objective(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConf
             trial.set_user_attr("unused", "every grid point was claimed by an earlier trial")
             raise optuna.TrialPruned("every grid point was claimed by an earlier trial")
         trial.suggest_float("lr", lr, lr)
+        if cfg.full_epochs_below is not None and lr < cfg.full_epochs_below:
+            trial.set_user_attr(FULL_EPOCHS_ATTR, True)
         ran.update(number=trial.number, lr=lr)
         with trial_heartbeat(trial, ctx.heartbeat):
             return _train_trial(trial, lr, cfg, train_cfg, ctx)

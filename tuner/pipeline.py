@@ -367,7 +367,8 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
                                      direction="minimize", load_if_exists=True)
     name_metrics(long_study, ["best_val_loss"])  # intermediate values: val loss per epoch
     check_study_settings(long_study, settings)
-    summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, ctx)
+    summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, ctx,
+                               cfg.run_monitor)
     if summary is None and not cfg.wait:
         logger.info("the long run belongs to another live worker; this one is done (--no-wait)")
         return {}
@@ -376,7 +377,8 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
                     "that worker die (--no-wait leaves now)")
     while summary is None:  # until it completes, or its worker is gone and this one continues it
         time.sleep(POLL_S)
-        summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, ctx)
+        summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, ctx,
+                               cfg.run_monitor)
     logger.info("phase 2 done in %.0f s: best epoch %d (val loss %.4f)", time.perf_counter() - start,
                 summary["best_epoch"], summary["best_val_loss"])
     if cfg.stop_after == 2:
@@ -555,7 +557,7 @@ def sweep_and_select(storage: optuna.storages.BaseStorage, cfg: PipelineConfig,
     base = tuple(cfg.sweep.lr_grid or default_grid(None if cfg.model else cfg.preset))
     grid = base
     while True:
-        sweep_cfg = replace(cfg.sweep, lr_grid=grid)
+        sweep_cfg = replace(cfg.sweep, lr_grid=grid, full_epochs_below=min(base))
         study = open_sweep_study(storage, name, sweep_cfg, cfg.train.seed)
         if ctx.settings is not None:  # workers elsewhere share the study, not the folder
             check_study_settings(study, ctx.settings)

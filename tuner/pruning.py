@@ -18,6 +18,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 INITIAL_ATTR = "initial_val_loss"
+# Set on a trial that runs its full epochs unless it diverges: an extension point below the
+# grid's small edge. A smaller LR is always behind early, so being behind at epoch 2 says
+# nothing about where it ends; pruning it would call its neighbour "interior" on no evidence.
+FULL_EPOCHS_ATTR = "full_epochs"
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class SweepPruner(optuna.pruners.BasePruner):
         others = [t.intermediate_values[epoch]
                   for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if epoch in t.intermediate_values]
+        if trial.user_attrs.get(FULL_EPOCHS_ATTR):
+            others = []  # the divergence rules only
         reason = prune_reason(trial.intermediate_values[epoch], epoch,
                               trial.user_attrs.get(INITIAL_ATTR), others, self.rule)
         if reason is not None:

@@ -39,9 +39,9 @@ logger = logging.getLogger(__name__)
 
 # What a replay may change: the decisions of phases 3 and 4 only.
 REPLAYABLE = ("monitor", "min_delta", "sweet_spot_method", "crossover_trials", "overfit_criterion")
-# Formats whose phases 0-2 this version reads unchanged: format 3 changed only the crossover
-# study, which a replay deletes.
-_SAME_PHASES_0_2 = (2, 3)
+# Formats whose phases 0-2 this version reads unchanged (format 4 changed the ngram model
+# and the long run, so older sessions cannot be replayed).
+_SAME_PHASES_0_2 = (4,)
 _DECISION_KEYS = ("monitor", "min_delta", "sweet_spot_method", "overfit.decide_by")
 _PHASE_3_4_FILES = ("analysis", "final", "final_results.json", ARTIFACT_DIR)
 

@@ -12,13 +12,22 @@ import io
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from storage import Session, atomic_write_bytes, read_json
 
 from .uncertainty import verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(size: tuple[float, float]) -> Figure:
+    # Imported here: matplotlib costs every run_study.py start half a second, and only the
+    # phases that draw need it.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +43,7 @@ def _save(session: Session, name: str, fig: Figure) -> str:
 
 
 def plot_lr_sweep(curves: Mapping[str, Any]) -> Figure:
-    fig = Figure(figsize=(7, 4))
+    fig = _figure((7, 4))
     ax = fig.add_subplot()
     for lr, losses in curves["val_losses"].items():
         ax.plot(range(1, len(losses) + 1), losses, marker="o", label=f"LR {lr}")
@@ -47,7 +56,7 @@ def plot_learning_curves(analysis: Mapping[str, Any]) -> Figure:
     """Train/val loss with each criterion's overfitting point; each group's own val loss
     at the checkpoints with its sweet spot marked."""
     c = analysis["curves"]
-    fig = Figure(figsize=(11, 4.5))
+    fig = _figure((11, 4.5))
     left, right = fig.subplots(1, 2)
     left.plot(c["epochs"], c["train_loss"], label="train loss")
     left.plot(c["epochs"], c["val_loss"], label="val loss")
@@ -89,7 +98,7 @@ def relative_group_losses(curves: Mapping[str, Any]) -> dict[str, list[float]]:
 
 
 def plot_lr_schedule(history: Sequence[Mapping[str, Any]]) -> Figure:
-    fig = Figure(figsize=(7, 4))
+    fig = _figure((7, 4))
     ax = fig.add_subplot()
     groups = list(history[0]["lr"])
     for g in groups:
@@ -102,7 +111,7 @@ def plot_lr_schedule(history: Sequence[Mapping[str, Any]]) -> Figure:
 
 
 def plot_crossover_search(trials: Sequence[Mapping[str, Any]]) -> Figure:
-    fig = Figure(figsize=(7, 4))
+    fig = _figure((7, 4))
     ax = fig.add_subplot()
     xs = [t["number"] for t in trials]
     ys = [t["value"] for t in trials]
@@ -129,7 +138,7 @@ def test_acc_errors(table: Sequence[Mapping[str, Any]]) -> list[list[float]] | N
 
 
 def plot_test_table(table: Sequence[Mapping[str, Any]]) -> Figure:
-    fig = Figure(figsize=(9, 4))
+    fig = _figure((9, 4))
     ax = fig.add_subplot()
     names = [r["candidate"] for r in table]
     xs = range(len(names))

@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 # Bump when a session folder or study written before can no longer be read correctly.
 # 2: trials claim grid points by number (no GridSampler), renamed strategy rules.
 # 3: the crossover study searches a window per group (<group>:span) under --monitor.
-FORMAT_VERSION = 3
+# 4: the long run stops early (--patience); the n-gram tables train sparse; the ngram preset
+#    reads words too.
+FORMAT_VERSION = 4
 SETTINGS_FILE = "settings.json"
 SETTINGS_ATTR = "settings"
 

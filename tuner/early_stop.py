@@ -1,0 +1,115 @@
+"""When the long run may stop: its decisions are made, and more epochs would not change them.
+
+The strategy's ``--epochs`` stays the maximum. After each checkpoint, the long run stops
+once, over its checkpoints so far:
+
+- the run's monitor (``--monitor``, ``--min-delta``) has not improved for ``patience``
+  checkpoints (Lightning's ``EarlyStopping`` rule, counted in checkpoints because only
+  checkpoints can be chosen by phases 3 and 4);
+- every group with losses of its own (``GroupSpec.group_losses``: the reference model's
+  modules) is past its own best val loss by ``patience`` checkpoints too, so no group's
+  sweet spot can still move; groups without their own losses are judged by the monitor;
+- at least ``min_checkpoints`` checkpoints exist, for the crossover and the soups.
+
+Peers stop on one curve (Lightning #4994, closed "won't fix"; Keras #21001, open); the
+per-group condition is this module's. All of it is pure: the epoch reports in, a decision
+out, so it is tested without training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .monitor import Monitor
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """``patience``: checkpoints without improvement before the long run stops (0: never,
+    the strategy's full run); ``min_checkpoints``: the fewest it stops with."""
+
+    patience: int = 4
+    min_checkpoints: int = 5
+
+    def __post_init__(self) -> None:
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0 checkpoints, got {self.patience!r}")
+        if self.min_checkpoints < 1:
+            raise ValueError(f"min_checkpoints must be >= 1, got {self.min_checkpoints!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.patience > 0
+
+
+def group_loss(metrics: Mapping[str, Any], modules: Sequence[str]) -> float:
+    """A group's own val loss in an epoch report: the sum of its modules' val losses."""
+    return float(sum(metrics["val_module_loss"][m] for m in modules))
+
+
+def _since_best(values: Sequence[tuple[int, float]], min_delta: float) -> tuple[int, int]:
+    """(best epoch, checkpoints after it) of (epoch, lower-is-better value) in epoch order:
+    a later value replaces the best only when lower by more than ``min_delta``."""
+    best_epoch, best, after = values[0][0], values[0][1], 0
+    for epoch, v in values[1:]:
+        if v < best - min_delta:
+            best_epoch, best, after = epoch, v, 0
+        else:
+            after += 1
+    return best_epoch, after
+
+
+def stop_decision(history: Sequence[Mapping[str, Any]], checkpoints: Sequence[int],
+                  monitor: Monitor, primary: str, group_losses: Mapping[str, Sequence[str]],
+                  rule: StopRule) -> dict[str, Any]:
+    """Whether the long run stops after its last checkpoint, and the evidence.
+
+    ``history``: the epoch reports so far; ``checkpoints``: their checkpoint epochs;
+    ``group_losses``: group -> the modules whose losses are its own (groups without any
+    are left out). Returns ``{"stop": bool, "reason": str, "monitor": {...}, "groups":
+    {group: {"best_epoch", "checkpoints_since"}}}``.
+    """
+    by_epoch = {h["epoch"]: h for h in history}
+    points = [e for e in sorted(checkpoints) if e in by_epoch]
+    out: dict[str, Any] = {"stop": False, "checkpoints": len(points), "patience": rule.patience,
+                           "min_checkpoints": rule.min_checkpoints, "groups": {}}
+    if not points:
+        out["reason"] = "no checkpoint yet"
+        return out
+    best, since = _since_best([(e, monitor.signed(by_epoch[e], primary)) for e in points],
+                              monitor.min_delta)
+    out["monitor"] = {"name": monitor.name, "best_epoch": best, "checkpoints_since": since}
+    waiting = []
+    # A loss monitor's min_delta is in loss units: the groups' own losses take it too.
+    group_delta = monitor.min_delta if monitor.name == "val_loss" else 0.0
+    for group, modules in group_losses.items():
+        if not modules:
+            continue
+        g_best, g_since = _since_best([(e, group_loss(by_epoch[e], modules)) for e in points],
+                                      group_delta)
+        out["groups"][group] = {"best_epoch": g_best, "checkpoints_since": g_since}
+        if g_since < rule.patience:
+            waiting.append(f"{group} (best at epoch {g_best})")
+    if not rule.enabled:
+        out["reason"] = "patience 0: the full run"
+    elif since < rule.patience:
+        out["reason"] = (f"{monitor.name} improved {since} checkpoint(s) ago (epoch {best}), "
+                         f"patience {rule.patience}")
+    elif waiting:
+        out["reason"] = (f"{monitor.name} stalled since epoch {best}, but these groups' own val "
+                         f"losses improved within {rule.patience} checkpoints: "
+                         f"{', '.join(waiting)}")
+    elif len(points) < rule.min_checkpoints:
+        out["reason"] = (f"{len(points)} checkpoint(s), fewer than the {rule.min_checkpoints} "
+                         "the crossover and the soups need")
+    else:
+        out["stop"] = True
+        groups = "; every group with its own losses too" if out["groups"] else ""
+        out["reason"] = (f"{monitor.name} has not improved by more than {monitor.min_delta:g} "
+                         f"for {since} checkpoints since epoch {best}{groups}")
+    return out
+
+
+__all__ = ["StopRule", "group_loss", "stop_decision"]
