@@ -169,7 +169,7 @@ ACCEPTED = [
     ("a class with one row", "d.json", _json([*ROWS, {"text": "a lonely feeling", "label": "lonely"}]),
      [], "stay in train only: 'lonely' (1 row)"),
     ("1 MB text", "d.json", _json(_with(3, text="joy " * 262_144)), [],
-     "1 of 90 texts are longer than 127 bytes and are truncated (longest 1048576 bytes)"),
+     "1 of 90 texts are longer than 511 bytes and are truncated (longest 1048576 bytes)"),
     ("control characters", "d.json", _json(_with(8, text="bell\x07 and nul\x00 here")), [],
      "1 rows hold control characters in field 'text' (first: row 8); kept as bytes"),
     ("max-samples above the row count", "d.json", _json(ROWS), ["--max-samples", "5000"],

@@ -29,7 +29,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_help_quotes_the_dataclass_defaults():
     text = " ".join(run_study._parser().format_help().split())  # argparse wraps lines
-    assert f"long-run epochs (default: {LongRunConfig().epochs})" in text
+    assert f"maximum epochs (the strategy's) (default: {LongRunConfig().epochs})" in text
     assert f"epochs per LR (default: {SweepConfig().epochs})" in text
     assert f"--batch-size BATCH_SIZE (default: {TrainConfig().batch_size})" in text
     assert f"seeded sample size (default: {PipelineConfig().max_samples})" in text
@@ -126,7 +126,7 @@ def test_a_full_disk_names_the_place_and_the_rerun_after_freeing_space_resumes(s
     assert out.returncode == 2, out.stderr[-2000:]
     assert "no space left on the disk of" in out.stderr and str(small_disk / "s") in out.stderr
     assert "rerun the same command to resume" in out.stderr and "Traceback" not in out.stderr
-    subprocess.run(["mount", "-o", "remount,size=512m", str(small_disk)], check=True)
+    subprocess.run(["mount", "-o", "remount,size=1g", str(small_disk)], check=True)
     out = _run(*args)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (small_disk / "s" / "final_results.json").is_file()

@@ -142,7 +142,7 @@ def test_a_waiting_worker_takes_over_the_long_run_of_a_worker_that_dies(tmp_path
     backup = tmp_path / "b"
     owner = subprocess.Popen(command(backup), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     for line in owner.stderr:
-        if "long run epoch 1/4" in line:
+        if "long run epoch 1/6" in line:
             break
     os.kill(owner.pid, signal.SIGSTOP)  # alive but still: the long run stays its own
     idle = subprocess.Popen(command(backup), cwd=ROOT, stderr=subprocess.PIPE, text=True)

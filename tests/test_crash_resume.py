@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 def test_sigkill_in_every_phase_then_rerun_equals_an_unbroken_run(tmp_path, unbroken_smoke):
     crashed = tmp_path / "crashed"
     run_until(crashed, "LR 0.01 epoch 1/2")          # second grid point, mid trial
-    run_until(crashed, "long run epoch 3/4")          # phase 2, after epoch 3 is reported
+    run_until(crashed, "long run epoch 3/6")          # phase 2, after epoch 3 is reported
     storage = f"sqlite:///{crashed}/{STUDY}.db"
     states = [t.state for t in optuna.load_study(study_name=f"{STUDY}-long-run",
                                                  storage=storage).trials]

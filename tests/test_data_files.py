@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _runs import ROOT
+from _runs import MINIMAL, ROOT
 
 from storage import load_embedded
 
@@ -58,7 +58,7 @@ def test_the_smoke_pipeline_runs_on_each_kind_of_data_file(tmp_path, kind):
     data, extra = _make(kind, tmp_path)
     out = subprocess.run([sys.executable, str(ROOT / "run_study.py"), "--smoke", "--no-progress",
                           "--backup-dir", str(tmp_path / "runs"), "--data-path", str(data),
-                          "--label-fields", "label,intent", *extra],
+                          "--label-fields", "label,intent", *MINIMAL, *extra],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     session = tmp_path / "runs" / "redheart"

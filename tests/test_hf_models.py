@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from _runs import ROOT
+from _runs import MINIMAL, ROOT
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
@@ -68,8 +68,10 @@ def test_llrd_gives_lower_layers_smaller_learning_rates(folders):
 
 
 def _run(tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    # The fewest settings that run every phase, with two checkpoints for the soups.
     return subprocess.run([sys.executable, str(ROOT / "run_study.py"), "--smoke", "--no-progress",
-                           "--backup-dir", str(tmp_path / "runs"), *extra],
+                           "--backup-dir", str(tmp_path / "runs"), *MINIMAL, "--epochs", "4",
+                           *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
 
 

@@ -120,7 +120,7 @@ def test_a_remote_worker_killed_mid_long_run_is_taken_over_within_the_grace_peri
         tmp_path, postgres_url, unbroken_smoke):
     study = f"pg{uuid.uuid4().hex[:10]}"
     victim, killed_at, log, results = _kill_first(study, tmp_path, postgres_url,
-                                                  "long run epoch 2/4")
+                                                  "long run epoch 2/6")
     storage = create_storage(postgres_url)
     long_run = optuna.load_study(study_name=f"{study}-long-run", storage=storage)
     took, dead = _takeover_s(long_run, killed_at, victim,

@@ -80,8 +80,8 @@ class LongRunConfig:
     checkpoint_dtype: str | None = None
     # The early stop (tuner.early_stop): checkpoints without improvement of the monitor (and
     # of every group's own val loss) before the run ends; 0 runs all ``epochs``.
-    patience: int = 4
-    min_checkpoints: int = 5
+    patience: int = 3
+    min_checkpoints: int = 4
 
     def __post_init__(self) -> None:
         StopRule(self.patience, self.min_checkpoints)  # one ValueError per bad value
@@ -256,8 +256,8 @@ def follow_long_run(launch: Launch, tasks: Sequence[TaskSpec],
                               device)
         start = share_engine(engine, None)
         distribute(engine)
-        logger.info("rank %d: training epochs %d-%d of the long run (LR %g) with rank 0",
-                    launch.rank, start, order["epochs"], order["lr"])
+        logger.info("rank %d: training the long run (LR %g) with rank 0 from epoch %d, "
+                    "at most to epoch %d", launch.rank, order["lr"], start, order["epochs"])
         epoch = start
         while share_go(None):
             train_one_epoch(engine, train, epoch)
@@ -345,9 +345,12 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
 
 def _decide(history: list[dict], checkpoints: list[int], monitor: Monitor, primary: str,
             spec: GroupSpec, rule: StopRule) -> dict[str, Any]:
-    # Groups with losses of their own, by the modules the model reports in each epoch.
+    # Independent groups with losses of their own (by the modules the model reports each
+    # epoch): their sweet spots are not capped by the overfitting point, which the monitor
+    # decides, so the run waits for them too.
     reported = set(history[-1]["val_module_loss"]) if history else set()
-    own = {g: mods for g, mods in spec.group_losses.items() if mods and set(mods) <= reported}
+    own = {g: mods for g, mods in spec.group_losses.items()
+           if g in spec.independent and mods and set(mods) <= reported}
     return stop_decision(history, checkpoints, monitor, primary, own, rule)
 
 
