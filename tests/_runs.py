@@ -25,8 +25,8 @@ SMOKE = ["--smoke", "--no-progress", "--study", STUDY, "--seed", "3", "--epochs"
 STOP_EPOCH = 4
 # The fewest settings that still run every phase (one LR, one sweep epoch, one checkpoint, the
 # queued crossover recipes only): for tests whose point is that a whole run completes.
-MINIMAL = ["--lr-grid", "0.01", "--extend-grid", "0", "--sweep-epochs", "1", "--epochs", "2",
-           "--crossover-trials", "0"]
+ONE_LR = ["--lr-grid", "0.01", "--extend-grid", "0", "--sweep-epochs", "1"]
+MINIMAL = [*ONE_LR, "--epochs", "2", "--crossover-trials", "0"]
 
 
 def command(backup: Path, *extra: str) -> list[str]:

@@ -12,10 +12,11 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from _runs import ROOT, SMOKE, STUDY
+from _runs import ONE_LR, ROOT, SMOKE, STUDY
 from optuna.trial import TrialState
 
-PHASE2 = ["--stop-after", "2"]
+# The long run is what runs on two processes: one LR of one epoch is sweep enough.
+PHASE2 = ["--stop-after", "2", *ONE_LR]
 OFF = ["--dropout", "0", "--r-drop", "0"]  # no random masks that differ per rank
 
 

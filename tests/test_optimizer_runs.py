@@ -10,7 +10,7 @@ import signal
 import subprocess
 
 import pytest
-from _runs import ROOT, STUDY, command, finish, outcome
+from _runs import ONE_LR, ROOT, STUDY, command, finish, outcome
 from safetensors import safe_open
 
 from model.optimizers import available
@@ -18,7 +18,8 @@ from model.optimizers import available
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not available("adamw8bit"), reason="torchao is not installed")]
 
-EIGHT = ("--optimizer", "adamw8bit", "--preset", "tiny")  # the smallest model: the point is the optimizer
+# The smallest model and sweep: the point is the optimizer and its state across a kill.
+EIGHT = ("--optimizer", "adamw8bit", "--preset", "tiny", *ONE_LR, "--crossover-trials", "0")
 
 
 def test_an_8bit_run_killed_in_the_long_run_resumes_to_the_unbroken_runs_results(tmp_path):

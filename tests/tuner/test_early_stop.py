@@ -82,6 +82,16 @@ def test_an_accuracy_monitor_stops_on_accuracy_not_on_loss():
     assert on_loss["stop"] and not on_acc["stop"]
 
 
+def test_a_group_creeping_down_by_less_than_one_percent_does_not_hold_the_run():
+    history = falling_then_flat(12, best=2)
+    for h in history:  # group b: -0.1% per epoch after epoch 2, -5% per epoch before
+        e = h["epoch"]
+        h["val_module_loss"]["neural"] = 1.0 - 0.05 * min(e, 2) - 0.001 * max(0, e - 2)
+    d = stop_decision(history, [2, 4, 6, 8], Monitor("val_loss"), "label", GROUPS,
+                      StopRule(patience=3, min_checkpoints=4))
+    assert d["stop"] and d["groups"]["b"] == {"best_epoch": 2, "checkpoints_since": 3}
+
+
 def test_group_loss_sums_the_groups_modules():
     assert group_loss(report(1, 0.5, neural=0.25, dsp=0.5), ("neural", "dsp")) == 0.75
 
