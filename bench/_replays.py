@@ -64,7 +64,7 @@ def phase_seconds(log: Path) -> dict[str, float]:
     (a resumed or rerun phase adds what that run spent on it)."""
     found: dict[str, float] = {}
     if log.is_file():
-        for m in re.finditer(r"phase (\d) done in (\d+) s", log.read_text(encoding="utf-8")):
+        for m in re.finditer(r"phase (\d) done in ([\d.]+) s", log.read_text(encoding="utf-8")):
             found[m.group(1)] = found.get(m.group(1), 0.0) + float(m.group(2))
     return found
 

@@ -266,10 +266,24 @@ def test_an_edge_optimum_extends_the_grid_and_the_report_says_so(tmp_path):
     assert len(optuna.load_study(study_name="g-lr-sweep", storage=storage).trials) == 4
 
 
-def test_only_the_last_checkpoint_stores_the_ema_that_phase_4_reads(unbroken_smoke):
+def test_the_early_stop_fires_and_its_checkpoint_stores_the_ema_that_phase_4_reads(
+        unbroken_smoke):
+    # The tests' smoke run may train 6 epochs but stops after epoch 4 (see tests/_runs.py).
     root = unbroken_smoke["backup"] / "c" / "checkpoints"
+    stop = json.loads((root / "early_stop.json").read_text())
+    assert stop["stopped_early"] and stop["last_epoch"] == 4 and stop["max_epochs"] == 6
+    assert stop["epochs_saved"] == 2 and stop["seconds_saved_estimate"] > 0
+    assert stop["monitor"] == {"name": "val_loss", "best_epoch": 2, "checkpoints_since": 1}
+    assert set(stop["groups"]) == {"advanced_emotion", "advanced_intent", "advanced_subject"}
+    assert "cosine over the maximum 6 epochs; stopped at epoch 4" in stop["lr_schedule"]
+    assert sorted(p.name for p in root.glob("epoch_*")) == ["epoch_002", "epoch_004"]
     assert not (root / "epoch_002" / "ema.safetensors").exists()
-    assert (root / "epoch_004" / "ema.safetensors").is_file()  # --smoke: 4 epochs
+    assert (root / "epoch_004" / "ema.safetensors").is_file()  # the checkpoint it stopped at
+    long_run = optuna.load_study(study_name="c-long-run",
+                                 storage=f"sqlite:///{unbroken_smoke['backup']}/c.db")
+    summary = long_run.best_trial.user_attrs["summary"]
+    assert summary["epochs"] == 4 and summary["max_epochs"] == 6
+    assert summary["early_stop"] == stop
     rows = {r["candidate"] for r in json.loads(
         (unbroken_smoke["backup"] / "c" / "final_results.json").read_text())["test_table"]}
     assert "ema" in rows

@@ -331,6 +331,7 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
 
     # -- phase 0: data quality
     crash_point("phase:0")
+    start = time.perf_counter()
     splits = prepare_data(dataset, cfg, session)
     session.write_json("model_groups.json", groups)  # after the input checks of phase 0
     session.write_json("memory_plan.json", memory)
@@ -343,6 +344,8 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
         "split": {k: len(v) for k, v in splits.items()},
         "tasks": [asdict(f) | {"classes": list(f.classes)} for f in dataset.fields],
     })
+    logger.info("phase 0 done in %.1f s: %s rows", time.perf_counter() - start,
+                " / ".join(f"{k} {len(v)}" for k, v in splits.items()))
     if cfg.stop_after == 0:
         logger.info("stopping after phase 0 (--stop-after 0)")
         return {}
@@ -355,7 +358,7 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     crash_point("phase:1")
     start = time.perf_counter()
     report = sweep_and_select(storage, cfg, ctx)
-    logger.info("phase 1 done in %.0f s: %s", time.perf_counter() - start, report["selection_reason"])
+    logger.info("phase 1 done in %.1f s: %s", time.perf_counter() - start, report["selection_reason"])
     if cfg.stop_after == 1:
         logger.info("stopping after phase 1 (--stop-after 1)")
         return {}
@@ -379,7 +382,7 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
         time.sleep(POLL_S)
         summary = run_long_run(long_study, report["selected_lr"], cfg.long_run, cfg.train, ctx,
                                cfg.run_monitor)
-    logger.info("phase 2 done in %.0f s: best epoch %d (val loss %.4f)", time.perf_counter() - start,
+    logger.info("phase 2 done in %.1f s: best epoch %d (val loss %.4f)", time.perf_counter() - start,
                 summary["best_epoch"], summary["best_val_loss"])
     if cfg.stop_after == 2:
         logger.info("stopping after phase 2 (--stop-after 2)")
@@ -419,7 +422,7 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     analysis, history = analyze_long_run(long_study, spec, cfg.overfit, ctx, model,
                                          cfg.run_monitor, cfg.sweet_spot_method)
     del model
-    logger.info("phase 3 done in %.0f s: overfitting point %s (%s on %s); sweet spots (%s) %s",
+    logger.info("phase 3 done in %.1f s: overfitting point %s (%s on %s); sweet spots (%s) %s",
                 analysis["seconds"], analysis["overfitting_point"], analysis["decided_by"],
                 cfg.monitor, analysis["method"],
                 {g: v["epoch"] for g, v in analysis["sweet_spots"].items()})
@@ -437,7 +440,7 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
                          references, dataset.fields[0].classes, tokenizer)
     release_phase4(long_study, done=True)
     recipe = results["crossover_recipe"]
-    logger.info("phase 4 done in %.0f s: final model %s by %s (val loss %.4f, test acc %s); "
+    logger.info("phase 4 done in %.1f s: final model %s by %s (val loss %.4f, test acc %s); "
                 "report in %s", time.perf_counter() - start, recipe["method"], cfg.monitor,
                 recipe["val_loss"],
                 fmt(recipe["test_acc"]), session.path("final", "report.md"))
