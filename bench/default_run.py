@@ -36,6 +36,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tuner.uncertainty import confidence  # noqa: E402
+
 STUDY = "bench"
 PHASES = ("startup", "0", "1", "2", "3", "4")
 
@@ -115,17 +119,17 @@ def predictions(repo: Path, backup: Path, flags: list[str], cache: Path) -> None
                     str(backup), "--study", STUDY, *args], cwd=repo, env=env, check=True)
 
 
-def paired(new: dict, old: dict, rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(difference, low, high) in accuracy points, new minus old, over the same rows."""
+def paired(new: dict, old: dict) -> tuple[float, float, float]:
+    """(difference, low, high) in accuracy points, new minus old, over the same rows: the
+    paired bootstrap of the test table (``tuner.uncertainty.confidence``)."""
     if new["texts"] != old["texts"]:
         sys.exit("the two runs' test rows differ: compare runs of the same seeds and data")
-    target = np.array(new["target"])
-    a = (np.array(new["predicted"]) == target).astype(float)
-    b = (np.array(old["predicted"]) == target).astype(float)
-    idx = np.random.default_rng(seed).integers(0, len(a), (rounds, len(a)))
-    diffs = (a[idx] - b[idx]).mean(1) * 100
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return float((a - b).mean() * 100), float(low), float(high)
+    ids = {label: i for i, label in enumerate(sorted({*new["target"], *new["predicted"],
+                                                     *old["predicted"]}, key=str))}
+    as_ids = lambda labels: np.array([ids[x] for x in labels])  # noqa: E731
+    row = confidence({"new": as_ids(new["predicted"]), "old": as_ids(old["predicted"])},
+                     as_ids(new["target"]), "old")["new"]["acc_vs_old"]
+    return 100 * row["diff"], 100 * row["ci"][0], 100 * row["ci"][1]
 
 
 def main(argv: list[str] | None = None) -> None:

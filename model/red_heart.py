@@ -307,17 +307,16 @@ class _NgramEncoder(nn.Module):
         # Only the n-grams that exist (M of them, in (b, w, n) order): a batch is padded to
         # its longest text, about 3x the mean on the kaomoji corpus.
         rows = 1 + hashes[valid] % (self.buckets - 1)                 # (M,)
-        per_bag = valid.sum(-1) if self.per_position else valid.sum((1, 2))  # (B, W) or (B,)
-        counts = per_bag.flatten()
+        total = valid.sum((1, 2))                                     # (B,) n-grams per text
+        counts = (valid.sum(-1) if self.per_position else total).flatten()  # one per bag
         offsets = counts.cumsum(0) - counts                           # each bag's first n-gram
         bags = self.embedding(rows, offsets)                          # (B*W, D) or (B, D)
-        total = valid.sum((1, 2)).clamp(min=1).unsqueeze(-1)          # (B, 1) n-grams per text
         if self.per_position:
             emb = bags.view(b, w, -1)                                 # (B, W, D)
             pooled = emb.sum(1)
         else:
             emb, pooled = None, bags
-        pooled = pooled / total.to(pooled.dtype).sqrt()               # (B, D)
+        pooled = pooled / total.clamp(min=1).unsqueeze(-1).to(pooled.dtype).sqrt()  # (B, D)
         return emb, self.norm(self.dropout(pooled))
 
 

@@ -197,13 +197,9 @@ def _densify(model: nn.Module) -> None:
 def _split_sparse(groups: list[dict], sparse: list[nn.Parameter]) -> tuple[list[dict], list[dict]]:
     """LLRD groups -> (dense groups, sparse groups): each keeps its name and LR."""
     ids = {id(p) for p in sparse}
-    dense, rows = [], []
-    for g in groups:
-        for out, keep in ((dense, lambda p: id(p) not in ids), (rows, lambda p: id(p) in ids)):
-            params = [p for p in g["params"] if keep(p)]
-            if params:
-                out.append({**g, "params": params})
-    return dense, rows
+    dense = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
+    rows = [{**g, "params": [p for p in g["params"] if id(p) in ids]} for g in groups]
+    return [g for g in dense if g["params"]], [g for g in rows if g["params"]]
 
 
 @dataclass
