@@ -278,21 +278,23 @@ class _NgramEncoder(nn.Module):
     """Hashed character (and word) n-gram embeddings (fastText-style, Joulin et al. 2017).
 
     Takes the n-gram hashes (``ngram_hashes``, computed once per forward for every
-    encoder of the model) and maps them onto its own table; row 0 stands for "no n-gram"
-    and stays zero. ``per_position``: each character position's vector is the sum of the
+    encoder of the model) and maps them onto rows 1.. of its own table (row 0 is never
+    looked up and stays zero). ``per_position``: each character position's vector is the sum of the
     embeddings of the n-grams that start there (B, W, D), for the DSP module; otherwise
     only the pooled feature is made. The pooled feature is the sum over the text divided
     by the square root of the number of n-grams, so long and short texts land on one scale.
 
     The table is an ``nn.EmbeddingBag`` (one fused lookup-and-sum, no (M, D) intermediate)
     marked ``sparse``: a batch touches a few thousand of its rows, and the engine trains
-    them with sparse gradients and SparseAdam (see ``model.training``).
+    them with sparse gradients and SparseAdam (see ``model.training``). It has no
+    ``padding_idx``: only n-grams that exist are looked up, and on CPU the padding-aware
+    kernel made the lookup about 7x slower (0.33 ms against 0.05 ms for a 2,432-bag batch).
     """
 
     def __init__(self, d: int, buckets: int, dropout: float, per_position: bool = True):
         super().__init__()
         self.buckets, self.per_position = buckets, per_position
-        self.embedding = nn.EmbeddingBag(buckets, d, mode="sum", padding_idx=0, sparse=True)
+        self.embedding = nn.EmbeddingBag(buckets, d, mode="sum", sparse=True)
         nn.init.normal_(self.embedding.weight, std=0.1)
         with torch.no_grad():
             self.embedding.weight[0].zero_()

@@ -22,7 +22,6 @@ from typing import Any
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna_dashboard import save_note, save_plotly_graph_object
 
 from storage import Session
 from storage.checkpoints import sha256_file
@@ -81,6 +80,10 @@ def publish(session: Session, sweep: optuna.Study, long_run: optuna.Study, cross
             notes: Mapping[str, str], selection: Mapping[str, Any], analysis: Mapping[str, Any],
             table: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """Notes, figures and artifacts on the three studies. Returns uploads per study."""
+    # Imported here: optuna_dashboard pulls in scikit-learn (~0.9 s), which every process
+    # that never publishes (a worker, a resumed run past phase 4) would pay at startup.
+    from optuna_dashboard import save_note, save_plotly_graph_object
+
     save_note(long_run, notes["long_run"])
     save_note(crossover, notes["crossover"])
     save_plotly_graph_object(sweep, selection_figure(selection), graph_object_id="lr-selection")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna_dashboard import save_note
 
 from model import ByteTokenizer, GroupSpec, preset_config
 from model.groups import load_groups_file, with_groups
@@ -33,7 +32,7 @@ from model.memory import (
 )
 from model.optimizers import OPTIMIZERS, OPTIONS, available, check_choice
 from model.plugin import build
-from model.training import resolve_precision
+from model.training import EncodedData, resolve_precision
 from storage import (
     Dataset,
     Session,
@@ -51,7 +50,7 @@ from storage.studies import (
 
 from ._workers import POLL_S, Heartbeat, storage_heartbeats
 from .analysis import analyze_long_run
-from .baselines import linear_baseline, majority_class
+from .baselines import BackgroundFit, LinearBaseline, fit_linear_baseline, majority_class
 from .config import PipelineConfig
 from .context import RunContext
 from .crossover import (
@@ -353,6 +352,10 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
                      session=session, device=rank_device(cfg.device, launch), heartbeat=heartbeat,
                      launch=launch, planned_memory_bytes=memory["components_bytes"]["total"],
                      progress=cfg.train.progress, settings=settings)
+    # The linear baseline reads train and val only: it is fitted on a thread beside phases
+    # 1-3 (liblinear leaves the GIL), and phase 4 applies it to the test split.
+    baseline = (BackgroundFit(lambda: fit_baseline(dataset, splits, train, val))
+                if cfg.stop_after == 4 else None)
 
     # -- phase 1: LR sweep, then selection
     crash_point("phase:1")
@@ -405,14 +408,15 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
 
     with phase4_heartbeat(long_study, ctx.heartbeat):  # other workers see this one alive
         return phases_3_4(cfg, storage, ctx, long_study, report, summary, build_fn, dataset,
-                          splits, tokenizer)
+                          splits, tokenizer, baseline)
 
 
 def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: RunContext,
                long_study: optuna.Study, report: dict, summary: dict, build_fn, dataset: Dataset,
-               splits: dict[str, list[dict]], tokenizer) -> dict:
+               splits: dict[str, list[dict]], tokenizer, baseline: BackgroundFit | None = None,
+               ) -> dict:
     """Phase 3 (sweet spots) and phase 4 (crossover, test table, final model), by the
-    worker that owns them."""
+    worker that owns them. ``baseline``: the linear baseline's fit, if already started."""
     session, train, val = ctx.session, ctx.train, ctx.val
     # -- phase 3: overfitting point and sweet spots (epoch reports, and each group spliced
     # into the best single checkpoint)
@@ -435,7 +439,10 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     crash_point("phase:4")
     start = time.perf_counter()
     ctx = replace(ctx, test=dataset.encode(splits["test"], tokenizer))
-    references = reference_rows(dataset, splits, {"train": train, "val": val, "test": ctx.test})
+    fitted = (baseline.result() if baseline is not None
+              else fit_baseline(dataset, splits, train, val))
+    references = reference_rows(fitted, dataset, splits,
+                                {"train": train, "val": val, "test": ctx.test})
     results = run_phase4(cfg, storage, ctx, spec, analysis, history, long_study, report,
                          references, dataset.fields[0].classes, tokenizer)
     release_phase4(long_study, done=True)
@@ -526,17 +533,27 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     return results
 
 
-def reference_rows(dataset: Dataset, splits: dict[str, list[dict]], encoded: dict) -> dict:
+def fit_baseline(dataset: Dataset, splits: dict[str, list[dict]], train: EncodedData,
+                 val: EncodedData) -> LinearBaseline:
+    """The linear baseline fitted on train, with C chosen on val."""
+    start = time.perf_counter()
+    text = dataset.text_field
+    fitted = fit_linear_baseline([r[text] for r in splits["train"]], [r[text] for r in splits["val"]],
+                                 train.targets, val.targets, dataset.tasks)
+    logger.info("linear baseline fitted in %.1f s", time.perf_counter() - start)
+    return fitted
+
+
+def reference_rows(linear: LinearBaseline, dataset: Dataset, splits: dict[str, list[dict]],
+                   encoded: dict) -> dict:
     """The test table's reference rows: the linear baseline (fitted on train, C chosen on
     val) and the majority class, as (how, split -> task -> predictions)."""
-    start = time.perf_counter()
-    texts = {k: [r[dataset.text_field] for r in splits[k]] for k in encoded}
     targets = {k: d.targets for k, d in encoded.items()}
-    linear, how = linear_baseline(texts, targets, dataset.tasks)
+    predictions = {k: linear.predict([r[dataset.text_field] for r in splits[k]])
+                   for k in encoded if k != "train"}
     majority = {k: majority_class(targets["train"], dataset.tasks, len(d))
                 for k, d in encoded.items() if k != "train"}
-    logger.info("phase 4: linear baseline fitted in %.0f s", time.perf_counter() - start)
-    return {"linear_baseline": (how, linear),
+    return {"linear_baseline": (linear.how, predictions),
             "majority_class": ({"predicts": "the train split's class (label) frequencies"}, majority)}
 
 
@@ -605,5 +622,7 @@ def write_selection(study: optuna.Study, cfg: PipelineConfig, session: Session,
     })
     study.set_user_attr("selection", json_safe(report))
     lines = ["# LR selection", "", *lr_section(report["selected_lr"], report)[2:]]
+    from optuna_dashboard import save_note  # lazily: see tuner.dashboard.publish
+
     save_note(study, without_images(lines))
     return report

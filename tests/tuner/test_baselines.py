@@ -6,7 +6,13 @@ import torch
 from model import ByteTokenizer
 from model.tasks import TaskSpec
 from storage import load_embedded
-from tuner.baselines import BaselineConfig, linear_baseline, majority_class
+from tuner.baselines import (
+    BackgroundFit,
+    BaselineConfig,
+    fit_linear_baseline,
+    linear_baseline,
+    majority_class,
+)
 from tuner.ensembles import prediction_metrics
 
 
@@ -60,3 +66,24 @@ def test_a_label_constant_in_train_and_a_regression_task_are_handled():
 def test_bad_baseline_settings_name_the_value():
     with pytest.raises(ValueError, match=r"c_grid must hold values > 0, got \(0.0,\)"):
         BaselineConfig(c_grid=(0.0,))
+
+
+def test_a_background_fit_gives_the_fit_made_in_the_foreground_and_raises_its_error():
+    texts = {"train": ["ab", "abc", "xyz", "xy", "a b", "zz"] * 3, "val": ["ab", "xy"],
+             "test": ["abz", "yz"]}
+    tasks = (TaskSpec("y", "single", 2),)
+    targets = {"train": {"y": torch.tensor([0, 0, 1, 1, 0, 1] * 3)}, "val": {"y": torch.tensor([0, 1])}}
+
+    def fit():
+        return fit_linear_baseline(texts["train"], texts["val"], targets["train"], targets["val"],
+                                   tasks)
+
+    background = BackgroundFit(fit).result().predict(texts["test"])
+    foreground, _ = linear_baseline(texts, targets, tasks)
+    assert torch.equal(background["y"], foreground["test"]["y"])  # the same bits
+
+    def broken():
+        raise ValueError("no rows in train")
+
+    with pytest.raises(ValueError, match="no rows in train"):
+        BackgroundFit(broken).result()
