@@ -11,6 +11,7 @@ scores them exactly like a model.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -163,8 +164,9 @@ def fit_linear_baseline(train_texts: Sequence[str], val_texts: Sequence[str],
                     fn = _multi(x_train, y, value, cfg)
                 else:
                     fn = _regression(x_train, y.ravel(), value, cfg)
-            m = prediction_metrics({spec.name: fn(x_val)}, {spec.name: val_targets[spec.name]},
-                                   [spec])["task_metrics"][spec.name]
+            with torch_section():
+                m = prediction_metrics({spec.name: fn(x_val)}, {spec.name: val_targets[spec.name]},
+                                       [spec])["task_metrics"][spec.name]
             # Larger is better: accuracy, micro-F1, minus the MSE; ties keep the smaller value.
             score = m.get("accuracy") if spec.kind == "single" else (
                 m.get("micro_f1") if spec.kind == "multi" else -m["mse"])
@@ -196,6 +198,23 @@ def linear_baseline(texts: Mapping[str, Sequence[str]], targets: Mapping[str, Ma
     return {k: fitted.predict(v) for k, v in texts.items() if k != "train"}, fitted.how
 
 
+# A daemon thread inside a torch op while the interpreter exits aborts the process
+# ("terminate called without an active exception": torch's thread pool is torn down under
+# it). Background work runs its torch ops under this lock, and exit takes the lock for good
+# first, so such a thread waits outside torch (liblinear itself is safe to leave running).
+_TORCH_LOCK = threading.Lock()
+
+
+@atexit.register
+def _no_torch_after_exit() -> None:
+    _TORCH_LOCK.acquire(timeout=60)
+
+
+def torch_section() -> threading.Lock:
+    """The lock background work holds while it runs torch ops (see ``BackgroundFit``)."""
+    return _TORCH_LOCK
+
+
 class BackgroundFit:
     """Runs ``fn`` on a daemon thread from the moment it is made; ``result()`` waits for it.
 
@@ -203,8 +222,9 @@ class BackgroundFit:
     and phase 4 finds it done. On Linux the thread runs at the lowest priority (nice 19,
     which Linux applies per thread): it takes the CPU time training leaves idle (the
     single-threaded Python between torch's parallel kernels) instead of slowing it down.
-    A daemon thread: a worker that never reaches phase 4 exits without waiting for it. An
-    exception in ``fn`` is raised by ``result()``.
+    A daemon thread: a worker that never reaches phase 4 exits without waiting for it (``fn``
+    runs its torch ops inside ``torch_section()``). An exception in ``fn`` is raised by
+    ``result()``.
     """
 
     def __init__(self, fn: Callable[[], Any], name: str = "linear-baseline"):

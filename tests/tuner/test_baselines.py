@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -87,3 +91,23 @@ def test_a_background_fit_gives_the_fit_made_in_the_foreground_and_raises_its_er
 
     with pytest.raises(ValueError, match="no rows in train"):
         BackgroundFit(broken).result()
+
+
+def test_a_process_that_exits_during_a_background_fit_exits_with_its_own_code(tmp_path):
+    # Exiting while a daemon thread is inside a torch op aborted the process (SIGABRT) before
+    # background work ran its torch ops inside torch_section().
+    script = tmp_path / "exit_early.py"
+    script.write_text(
+        "import sys, time, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from tuner.baselines import BackgroundFit, torch_section\n"
+        "def busy():\n"
+        "    while True:\n"
+        "        with torch_section():\n"
+        "            torch.randn(400, 400) @ torch.randn(400, 400)\n"
+        "BackgroundFit(busy)\n"
+        "time.sleep(0.5)\n"
+        "sys.exit(2)\n")
+    for _ in range(3):
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stderr[-2000:]
