@@ -42,8 +42,8 @@ from tuner.sweet_spot import CRITERIA, METHODS, OverfitConfig
 logger = logging.getLogger("run_study")
 
 # --smoke: every phase at toy size (applies where a flag was not given explicitly).
-SMOKE = {"max_samples": 400, "sweep_epochs": 2, "epochs": 4, "checkpoint_every": 2,
-         "crossover_trials": 4}
+SMOKE = {"preset": "ngram-tiny", "max_samples": 400, "sweep_epochs": 2, "epochs": 4,
+         "checkpoint_every": 2, "crossover_trials": 4}
 # Old spellings of the strategy's rules ("seed" read as the RNG seed): accepted for now.
 _DEPRECATED = {"selection_method": {"seed": "strategy"}, "overfit_criterion": {"seed": "gap-rise"}}
 
@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="duplicate groups whose labels disagree: keep the first row, or drop "
                          f"all {d(P, 'conflict_policy')}")
     m = p.add_argument_group("model")
-    m.add_argument("--preset", help="ngram (CPU: hashed character n-grams) | tiny | small | "
+    m.add_argument("--preset", help="ngram (CPU: hashed character n-grams) | ngram-tiny (its toy size) | tiny | small | "
                                     f"base | 730m (byte transformers, for GPUs) {d(P, 'preset')}")
     m.add_argument("--model", help="your own model: package.module:factory, or hf:<folder> "
                                    "(a transformers model save_pretrained wrote)")

@@ -114,6 +114,12 @@ PRESETS: dict[str, RedHeartConfig] = {
                             max_length=512, dsp_length=128, neural_hidden=128, dsp_bins=16,
                             dsp_channels=8, adv_d_model=32, ngram_buckets=2**17,
                             adv_ngram_buckets=2**14),
+    # The ngram preset at toy size (0.5M parameters; `run_study.py --smoke` and the tests):
+    # the same modules and groups, with tables small enough that a checkpoint is 2 MB.
+    "ngram-tiny": RedHeartConfig(backbone="ngram", ngram_orders=4, word_ngrams=2, d_model=64,
+                                 max_length=512, dsp_length=128, neural_hidden=128, dsp_bins=16,
+                                 dsp_channels=8, adv_d_model=32, ngram_buckets=2**12,
+                                 adv_ngram_buckets=2**10),
     # The smallest byte transformer (tests and quick checks).
     "tiny": RedHeartConfig(),
     "small": RedHeartConfig(d_model=128, n_layers=4, n_heads=4, d_ff=512, max_length=64,

@@ -104,7 +104,7 @@ def _check_phase4(session: Path, storage: str) -> None:
     ds = load_embedded(400, seed=0)
     splits = json.loads((session / "preprocessing" / "phase0_state.json").read_text())["splits"]
     assert recipe["method"] not in ("linear_baseline", "majority_class")
-    model = load_final_model(build_model("ngram", ds.tasks), session)
+    model = load_final_model(build_model("ngram-tiny", ds.tasks), session)
     for split in ("val", "test"):
         data = ds.encode([ds.records[i] for i in splits[split]], ByteTokenizer(128))
         metrics = evaluate(model, data, ds.tasks)
