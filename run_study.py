@@ -110,8 +110,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="duplicate groups whose labels disagree: keep the first row, or drop "
                          f"all {d(P, 'conflict_policy')}")
     m = p.add_argument_group("model")
-    m.add_argument("--preset", help="ngram (CPU: hashed character n-grams) | ngram-tiny (its toy size) | tiny | small | "
-                                    f"base | 730m (byte transformers, for GPUs) {d(P, 'preset')}")
+    m.add_argument("--preset", help="ngram (CPU: hashed character n-grams) | ngram-tiny (its toy "
+                                    "size) | tiny | small | base | 730m (byte transformers, for "
+                                    f"GPUs) {d(P, 'preset')}")
     m.add_argument("--model", help="your own model: package.module:factory, or hf:<folder> "
                                    "(a transformers model save_pretrained wrote)")
     m.add_argument("--groups", dest="groups_file", metavar="FILE",
