@@ -11,11 +11,12 @@ scores them exactly like a model.
 
 from __future__ import annotations
 
-import atexit
+import ctypes
 import logging
+import multiprocessing
 import os
+import signal
 import sys
-import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,41 +86,61 @@ def _logistic(c: float, cfg: BaselineConfig):
                               random_state=0)
 
 
-def _single(x_train, y: np.ndarray, classes: int, c: float, cfg: BaselineConfig):
+def _single(x_train, y: np.ndarray, classes: int, c: float, cfg: BaselineConfig) -> _SingleLabel:
     # One-vs-rest liblinear: on 10,000 rows and ~125,000 n-grams it fits in seconds, where
     # the multinomial fits took longer (lbfgs 10x, saga with warm starts along the C path
     # about as long) and were less accurate on val (bench/baselines.py).
     from sklearn.multiclass import OneVsRestClassifier
 
-    model = OneVsRestClassifier(_logistic(c, cfg)).fit(x_train, y)
-
-    def predict(x) -> torch.Tensor:
-        full = np.full((x.shape[0], classes), _EPS)
-        full[:, model.classes_] = np.maximum(model.predict_proba(x), _EPS)
-        return torch.from_numpy(np.log(full / full.sum(1, keepdims=True))).float()
-    return predict
+    return _SingleLabel(OneVsRestClassifier(_logistic(c, cfg)).fit(x_train, y), classes)
 
 
-def _multi(x_train, y: np.ndarray, c: float, cfg: BaselineConfig):
+def _multi(x_train, y: np.ndarray, c: float, cfg: BaselineConfig) -> _MultiLabel:
     # One binary logistic regression per label (one-vs-rest). Labels with one value in
     # train cannot be fitted: they keep their train frequency.
     fit = (y.min(0) != y.max(0)).nonzero()[0]
     prior = np.clip(y.mean(0), _EPS, 1 - _EPS)
-    models = {j: _logistic(c, cfg).fit(x_train, y[:, j]) for j in fit}
-
-    def predict(x) -> torch.Tensor:
-        p = np.tile(prior, (x.shape[0], 1))
-        for j, model in models.items():
-            p[:, j] = np.clip(model.predict_proba(x)[:, 1], _EPS, 1 - _EPS)
-        return torch.from_numpy(np.log(p) - np.log1p(-p)).float()
-    return predict
+    return _MultiLabel({int(j): _logistic(c, cfg).fit(x_train, y[:, j]) for j in fit}, prior)
 
 
-def _regression(x_train, y: np.ndarray, alpha: float, cfg: BaselineConfig):
+def _regression(x_train, y: np.ndarray, alpha: float, cfg: BaselineConfig) -> _Regression:
     from sklearn.linear_model import Ridge
 
-    model = Ridge(alpha=alpha).fit(x_train, y)
-    return lambda x: torch.from_numpy(np.asarray(model.predict(x)).reshape(-1, 1)).float()
+    return _Regression(Ridge(alpha=alpha).fit(x_train, y))
+
+
+# The fitted models as plain classes (not closures), so a fit made in another process comes
+# back whole (see BackgroundFit). Each maps TF-IDF rows to what the model's outputs would be.
+
+@dataclass
+class _SingleLabel:
+    model: Any
+    classes: int
+
+    def __call__(self, x) -> torch.Tensor:  # (N, classes) log-probabilities
+        full = np.full((x.shape[0], self.classes), _EPS)
+        full[:, self.model.classes_] = np.maximum(self.model.predict_proba(x), _EPS)
+        return torch.from_numpy(np.log(full / full.sum(1, keepdims=True))).float()
+
+
+@dataclass
+class _MultiLabel:
+    models: dict[int, Any]
+    prior: np.ndarray
+
+    def __call__(self, x) -> torch.Tensor:  # (N, labels) logits
+        p = np.tile(self.prior, (x.shape[0], 1))
+        for j, model in self.models.items():
+            p[:, j] = np.clip(model.predict_proba(x)[:, 1], _EPS, 1 - _EPS)
+        return torch.from_numpy(np.log(p) - np.log1p(-p)).float()
+
+
+@dataclass
+class _Regression:
+    model: Any
+
+    def __call__(self, x) -> torch.Tensor:  # (N, 1) values
+        return torch.from_numpy(np.asarray(self.model.predict(x)).reshape(-1, 1)).float()
 
 
 @dataclass
@@ -164,9 +185,8 @@ def fit_linear_baseline(train_texts: Sequence[str], val_texts: Sequence[str],
                     fn = _multi(x_train, y, value, cfg)
                 else:
                     fn = _regression(x_train, y.ravel(), value, cfg)
-            with torch_section():
-                m = prediction_metrics({spec.name: fn(x_val)}, {spec.name: val_targets[spec.name]},
-                                       [spec])["task_metrics"][spec.name]
+            m = prediction_metrics({spec.name: fn(x_val)}, {spec.name: val_targets[spec.name]},
+                                   [spec])["task_metrics"][spec.name]
             # Larger is better: accuracy, micro-F1, minus the MSE; ties keep the smaller value.
             score = m.get("accuracy") if spec.kind == "single" else (
                 m.get("micro_f1") if spec.kind == "multi" else -m["mse"])
@@ -198,54 +218,65 @@ def linear_baseline(texts: Mapping[str, Sequence[str]], targets: Mapping[str, Ma
     return {k: fitted.predict(v) for k, v in texts.items() if k != "train"}, fitted.how
 
 
-# A daemon thread inside a torch op while the interpreter exits aborts the process
-# ("terminate called without an active exception": torch's thread pool is torn down under
-# it). Background work runs its torch ops under this lock, and exit takes the lock for good
-# first, so such a thread waits outside torch (liblinear itself is safe to leave running).
-_TORCH_LOCK = threading.Lock()
-
-
-@atexit.register
-def _no_torch_after_exit() -> None:
-    _TORCH_LOCK.acquire(timeout=60)
-
-
-def torch_section() -> threading.Lock:
-    """The lock background work holds while it runs torch ops (see ``BackgroundFit``)."""
-    return _TORCH_LOCK
-
-
 class BackgroundFit:
-    """Runs ``fn`` on a daemon thread from the moment it is made; ``result()`` waits for it.
+    """Runs ``fn(*args)`` in a child process from the moment it is made; ``result()`` waits
+    for it and returns what ``fn`` returned.
 
-    For the linear baseline: liblinear releases the GIL, so the fit runs beside training
-    and phase 4 finds it done. On Linux the thread runs at the lowest priority (nice 19,
-    which Linux applies per thread): it takes the CPU time training leaves idle (the
-    single-threaded Python between torch's parallel kernels) instead of slowing it down.
-    A daemon thread: a worker that never reaches phase 4 exits without waiting for it (``fn``
-    runs its torch ops inside ``torch_section()``). An exception in ``fn`` is raised by
-    ``result()``.
+    For the linear baseline, fitted beside phases 1-3 so that phase 4 finds it done. The
+    child is spawned (a fresh interpreter: no forked torch or storage state) and runs at the
+    lowest priority (nice 19) with one torch thread, so it takes the CPU time training leaves
+    idle rather than slowing it down. It is a process, not a thread: a process that leaves
+    early (an error, Ctrl-C, a worker with nothing left to do) terminates it, where a thread
+    still inside native code at interpreter exit can abort the process. On Linux it also dies
+    with its parent when that is killed. ``fn`` and ``args`` must pickle; the result comes
+    back pickled over a pipe from our own child (never from a file). An exception raised in
+    ``fn`` is raised by ``result()``.
     """
 
-    def __init__(self, fn: Callable[[], Any], name: str = "linear-baseline"):
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
-        self._thread.start()
+    def __init__(self, fn: Callable[..., Any], *args: Any, name: str = "linear-baseline"):
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_end = context.Pipe(duplex=False)
+        self._process = context.Process(target=_child, args=(child_end, os.getpid(), fn, args),
+                                        name=name, daemon=True)
+        self._process.start()
+        child_end.close()  # so that a child that dies leaves recv() an EOFError
+        self._outcome: tuple[bool, Any] | None = None
 
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            if sys.platform == "linux":  # elsewhere the call would lower the whole process
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-            self._value = fn()
-        except BaseException as exc:  # handed to whoever asks for the result
-            self._error = exc
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
 
     def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
+        if self._outcome is None:
+            try:
+                self._outcome = self._conn.recv()
+            except EOFError:
+                self._process.join()
+                raise RuntimeError(f"the background process {self._process.name!r} ended without "
+                                   f"a result (exit code {self._process.exitcode})") from None
+            self._process.join()
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
+
+
+def _child(conn, parent: int, fn: Callable[..., Any], args: tuple) -> None:
+    os.nice(19)
+    if sys.platform == "linux":  # SIGKILL this process when the parent dies (prctl)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+    torch.set_num_threads(1)
+    try:
+        outcome = (True, fn(*args))
+    except Exception as exc:  # handed to the parent, raised by result()
+        outcome = (False, exc)
+    conn.send(outcome)
+    conn.close()
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 __all__ = ["BackgroundFit", "BaselineConfig", "LinearBaseline", "fit_linear_baseline",

@@ -352,9 +352,9 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
                      session=session, device=rank_device(cfg.device, launch), heartbeat=heartbeat,
                      launch=launch, planned_memory_bytes=memory["components_bytes"]["total"],
                      progress=cfg.train.progress, settings=settings)
-    # The linear baseline reads train and val only: it is fitted on a thread beside phases
-    # 1-3 (liblinear leaves the GIL), and phase 4 applies it to the test split.
-    baseline = (BackgroundFit(lambda: fit_baseline(dataset, splits, train, val))
+    # The linear baseline reads train and val only: it is fitted in a low-priority process
+    # beside phases 1-3, and phase 4 applies it to the test split.
+    baseline = (BackgroundFit(fit_linear_baseline, *_baseline_inputs(dataset, splits, train, val))
                 if cfg.stop_after == 4 else None)
 
     # -- phase 1: LR sweep, then selection
@@ -439,8 +439,13 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     crash_point("phase:4")
     start = time.perf_counter()
     ctx = replace(ctx, test=dataset.encode(splits["test"], tokenizer))
+    waited = time.perf_counter()
     fitted = (baseline.result() if baseline is not None
-              else fit_baseline(dataset, splits, train, val))
+              else fit_linear_baseline(*_baseline_inputs(dataset, splits, train, val)))
+    logger.info("phase 4: linear baseline ready after %.1f s (%s chosen on val)",
+                time.perf_counter() - waited, ", ".join(
+                    f"{task} {k} {v:g}" for task, c in fitted.how["chosen_on_val"].items()
+                    for k, v in c.items() if k in ("C", "alpha")))
     references = reference_rows(fitted, dataset, splits,
                                 {"train": train, "val": val, "test": ctx.test})
     results = run_phase4(cfg, storage, ctx, spec, analysis, history, long_study, report,
@@ -533,15 +538,12 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     return results
 
 
-def fit_baseline(dataset: Dataset, splits: dict[str, list[dict]], train: EncodedData,
-                 val: EncodedData) -> LinearBaseline:
-    """The linear baseline fitted on train, with C chosen on val."""
-    start = time.perf_counter()
+def _baseline_inputs(dataset: Dataset, splits: dict[str, list[dict]], train: EncodedData,
+                     val: EncodedData) -> tuple:
+    """``fit_linear_baseline``'s arguments: train and val texts, their targets, the tasks."""
     text = dataset.text_field
-    fitted = fit_linear_baseline([r[text] for r in splits["train"]], [r[text] for r in splits["val"]],
-                                 train.targets, val.targets, dataset.tasks)
-    logger.info("linear baseline fitted in %.1f s", time.perf_counter() - start)
-    return fitted
+    return ([r[text] for r in splits["train"]], [r[text] for r in splits["val"]], train.targets,
+            val.targets, tuple(dataset.tasks))
 
 
 def reference_rows(linear: LinearBaseline, dataset: Dataset, splits: dict[str, list[dict]],

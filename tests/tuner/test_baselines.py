@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -75,39 +77,62 @@ def test_bad_baseline_settings_name_the_value():
 def test_a_background_fit_gives_the_fit_made_in_the_foreground_and_raises_its_error():
     texts = {"train": ["ab", "abc", "xyz", "xy", "a b", "zz"] * 3, "val": ["ab", "xy"],
              "test": ["abz", "yz"]}
-    tasks = (TaskSpec("y", "single", 2),)
-    targets = {"train": {"y": torch.tensor([0, 0, 1, 1, 0, 1] * 3)}, "val": {"y": torch.tensor([0, 1])}}
+    tasks = (TaskSpec("y", "single", 2), TaskSpec("tags", "multi", 2),
+             TaskSpec("score", "regression", 1))
+    y = torch.tensor([0, 0, 1, 1, 0, 1] * 3)
+    targets = {"train": {"y": y, "tags": torch.stack([y, 1 - y], 1).float(),
+                         "score": y.float().reshape(-1, 1)},
+               "val": {"y": torch.tensor([0, 1]), "tags": torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+                       "score": torch.tensor([[0.0], [1.0]])}}
+    background = BackgroundFit(fit_linear_baseline, texts["train"], texts["val"], targets["train"],
+                               targets["val"], tasks).result()  # fitted in another process
+    foreground, how = linear_baseline(texts, targets, tasks)
+    assert background.how == how
+    for name, pred in background.predict(texts["test"]).items():
+        assert torch.equal(pred, foreground["test"][name])  # the same bits
 
-    def fit():
-        return fit_linear_baseline(texts["train"], texts["val"], targets["train"], targets["val"],
-                                   tasks)
-
-    background = BackgroundFit(fit).result().predict(texts["test"])
-    foreground, _ = linear_baseline(texts, targets, tasks)
-    assert torch.equal(background["y"], foreground["test"]["y"])  # the same bits
-
-    def broken():
-        raise ValueError("no rows in train")
-
-    with pytest.raises(ValueError, match="no rows in train"):
-        BackgroundFit(broken).result()
+    with pytest.raises(ValueError, match="invalid literal"):
+        BackgroundFit(int, "not a number").result()
 
 
-def test_a_process_that_exits_during_a_background_fit_exits_with_its_own_code(tmp_path):
-    # Exiting while a daemon thread is inside a torch op aborted the process (SIGABRT) before
-    # background work ran its torch ops inside torch_section().
-    script = tmp_path / "exit_early.py"
-    script.write_text(
-        "import sys, time, torch\n"
-        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
-        "from tuner.baselines import BackgroundFit, torch_section\n"
-        "def busy():\n"
-        "    while True:\n"
-        "        with torch_section():\n"
-        "            torch.randn(400, 400) @ torch.randn(400, 400)\n"
-        "BackgroundFit(busy)\n"
-        "time.sleep(0.5)\n"
-        "sys.exit(2)\n")
-    for _ in range(3):
-        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 2, out.stderr[-2000:]
+_PARENT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tuner.baselines import BackgroundFit
+if __name__ == "__main__":
+    fit = BackgroundFit(time.sleep, 120)
+    print(fit.pid, flush=True)
+    time.sleep(float(sys.argv[1]))
+    sys.exit(2)
+"""
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    try:
+        psutil.Process(pid).wait(timeout=within_s)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+def test_a_process_that_leaves_during_a_background_fit_exits_with_its_code_and_takes_the_fit(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT.format(root=str(Path(__file__).resolve().parents[2])))
+    out = subprocess.run([sys.executable, str(script), "0.5"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert _gone(int(out.stdout.split()[0]), within_s=10)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="dies with its parent through Linux's prctl")
+def test_a_background_fit_dies_with_its_sigkilled_parent(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT.format(root=str(Path(__file__).resolve().parents[2])))
+    parent = subprocess.Popen([sys.executable, str(script), "120"], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert psutil.pid_exists(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    assert _gone(child, within_s=10)
