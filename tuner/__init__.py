@@ -2,7 +2,6 @@
 
 from .analysis import analyze_long_run, intact_checkpoints
 from .baselines import (
-    BackgroundFit,
     BaselineConfig,
     LinearBaseline,
     fit_linear_baseline,
@@ -56,7 +55,6 @@ __all__ = [
     "FORMAT_VERSION",
     "PRESET_GRIDS",
     "STRATEGY_GRID",
-    "BackgroundFit",
     "BaselineConfig",
     "BootstrapConfig",
     "Candidate",

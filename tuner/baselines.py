@@ -11,14 +11,9 @@ scores them exactly like a model.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import multiprocessing
-import os
-import signal
-import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,8 +104,8 @@ def _regression(x_train, y: np.ndarray, alpha: float, cfg: BaselineConfig) -> _R
     return _Regression(Ridge(alpha=alpha).fit(x_train, y))
 
 
-# The fitted models as plain classes (not closures), so a fit made in another process comes
-# back whole (see BackgroundFit). Each maps TF-IDF rows to what the model's outputs would be.
+# The fitted models as plain classes (not closures: they pickle). Each maps TF-IDF rows to
+# what the model's outputs would be.
 
 @dataclass
 class _SingleLabel:
@@ -218,66 +213,5 @@ def linear_baseline(texts: Mapping[str, Sequence[str]], targets: Mapping[str, Ma
     return {k: fitted.predict(v) for k, v in texts.items() if k != "train"}, fitted.how
 
 
-class BackgroundFit:
-    """Runs ``fn(*args)`` in a child process from the moment it is made; ``result()`` waits
-    for it and returns what ``fn`` returned.
-
-    For the linear baseline, fitted beside phases 1-3 so that phase 4 finds it done. The
-    child is spawned (a fresh interpreter: no forked torch or storage state) and runs at the
-    lowest priority (nice 19) with one torch thread, so it takes the CPU time training leaves
-    idle rather than slowing it down. It is a process, not a thread: a process that leaves
-    early (an error, Ctrl-C, a worker with nothing left to do) terminates it, where a thread
-    still inside native code at interpreter exit can abort the process. On Linux it also dies
-    with its parent when that is killed. ``fn`` and ``args`` must pickle; the result comes
-    back pickled over a pipe from our own child (never from a file). An exception raised in
-    ``fn`` is raised by ``result()``.
-    """
-
-    def __init__(self, fn: Callable[..., Any], *args: Any, name: str = "linear-baseline"):
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_end = context.Pipe(duplex=False)
-        self._process = context.Process(target=_child, args=(child_end, os.getpid(), fn, args),
-                                        name=name, daemon=True)
-        self._process.start()
-        child_end.close()  # so that a child that dies leaves recv() an EOFError
-        self._outcome: tuple[bool, Any] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    def result(self) -> Any:
-        if self._outcome is None:
-            try:
-                self._outcome = self._conn.recv()
-            except EOFError:
-                self._process.join()
-                raise RuntimeError(f"the background process {self._process.name!r} ended without "
-                                   f"a result (exit code {self._process.exitcode})") from None
-            self._process.join()
-        ok, value = self._outcome
-        if not ok:
-            raise value
-        return value
-
-
-def _child(conn, parent: int, fn: Callable[..., Any], args: tuple) -> None:
-    os.nice(19)
-    if sys.platform == "linux":  # SIGKILL this process when the parent dies (prctl)
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before the line above
-            os._exit(1)
-    torch.set_num_threads(1)
-    try:
-        outcome = (True, fn(*args))
-    except Exception as exc:  # handed to the parent, raised by result()
-        outcome = (False, exc)
-    conn.send(outcome)
-    conn.close()
-
-
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-__all__ = ["BackgroundFit", "BaselineConfig", "LinearBaseline", "fit_linear_baseline",
+__all__ = ["BaselineConfig", "LinearBaseline", "fit_linear_baseline",
            "linear_baseline", "majority_class"]

@@ -50,7 +50,7 @@ from storage.studies import (
 
 from ._workers import POLL_S, Heartbeat, storage_heartbeats
 from .analysis import analyze_long_run
-from .baselines import BackgroundFit, LinearBaseline, fit_linear_baseline, majority_class
+from .baselines import LinearBaseline, fit_linear_baseline, majority_class
 from .config import PipelineConfig
 from .context import RunContext
 from .crossover import (
@@ -299,12 +299,6 @@ def follow(cfg: PipelineConfig, launch: Launch) -> dict:
     return {}
 
 
-# From this many train rows the linear baseline is fitted in a background process: the fit
-# took 35 s on the default run's 7,264 rows, about 1 s on the smoke run's 317, while starting
-# the child (a fresh interpreter importing torch and scikit-learn) costs about 3 s of CPU.
-BACKGROUND_BASELINE_ROWS = 2000
-
-
 def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
     # Everything a user can get wrong is checked before anything is written: the data,
     # the monitor, the model, the backup dir and the storage; phase 0 fails before it writes.
@@ -358,11 +352,6 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
                      session=session, device=rank_device(cfg.device, launch), heartbeat=heartbeat,
                      launch=launch, planned_memory_bytes=memory["components_bytes"]["total"],
                      progress=cfg.train.progress, settings=settings)
-    # The linear baseline reads train and val only: on a train split big enough for its fit
-    # to outlast a child process' start, it is fitted in a low-priority process beside
-    # phases 1-3; phase 4 applies it to the test split.
-    baseline = (BackgroundFit(fit_linear_baseline, *_baseline_inputs(dataset, splits, train, val))
-                if cfg.stop_after == 4 and len(train) >= BACKGROUND_BASELINE_ROWS else None)
 
     # -- phase 1: LR sweep, then selection
     crash_point("phase:1")
@@ -415,15 +404,14 @@ def _run(cfg: PipelineConfig, launch: Launch | None) -> dict:
 
     with phase4_heartbeat(long_study, ctx.heartbeat):  # other workers see this one alive
         return phases_3_4(cfg, storage, ctx, long_study, report, summary, build_fn, dataset,
-                          splits, tokenizer, baseline)
+                          splits, tokenizer)
 
 
 def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: RunContext,
                long_study: optuna.Study, report: dict, summary: dict, build_fn, dataset: Dataset,
-               splits: dict[str, list[dict]], tokenizer, baseline: BackgroundFit | None = None,
-               ) -> dict:
+               splits: dict[str, list[dict]], tokenizer) -> dict:
     """Phase 3 (sweet spots) and phase 4 (crossover, test table, final model), by the
-    worker that owns them. ``baseline``: the linear baseline's fit, if already started."""
+    worker that owns them."""
     session, train, val = ctx.session, ctx.train, ctx.val
     # -- phase 3: overfitting point and sweet spots (epoch reports, and each group spliced
     # into the best single checkpoint)
@@ -446,11 +434,10 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     crash_point("phase:4")
     start = time.perf_counter()
     ctx = replace(ctx, test=dataset.encode(splits["test"], tokenizer))
-    waited = time.perf_counter()
-    fitted = (baseline.result() if baseline is not None
-              else fit_linear_baseline(*_baseline_inputs(dataset, splits, train, val)))
-    logger.info("phase 4: linear baseline ready after %.1f s (%s chosen on val)",
-                time.perf_counter() - waited, ", ".join(
+    fit_start = time.perf_counter()
+    fitted = fit_linear_baseline(*_baseline_inputs(dataset, splits, train, val))
+    logger.info("phase 4: linear baseline fitted in %.1f s (%s chosen on val)",
+                time.perf_counter() - fit_start, ", ".join(
                     f"{task} {k} {v:g}" for task, c in fitted.how["chosen_on_val"].items()
                     for k, v in c.items() if k in ("C", "alpha")))
     references = reference_rows(fitted, dataset, splits,

@@ -1,11 +1,5 @@
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
-import psutil
 import pytest
 import torch
 
@@ -13,9 +7,7 @@ from model import ByteTokenizer
 from model.tasks import TaskSpec
 from storage import load_embedded
 from tuner.baselines import (
-    BackgroundFit,
     BaselineConfig,
-    fit_linear_baseline,
     linear_baseline,
     majority_class,
 )
@@ -72,67 +64,3 @@ def test_a_label_constant_in_train_and_a_regression_task_are_handled():
 def test_bad_baseline_settings_name_the_value():
     with pytest.raises(ValueError, match=r"c_grid must hold values > 0, got \(0.0,\)"):
         BaselineConfig(c_grid=(0.0,))
-
-
-def test_a_background_fit_gives_the_fit_made_in_the_foreground_and_raises_its_error():
-    texts = {"train": ["ab", "abc", "xyz", "xy", "a b", "zz"] * 3, "val": ["ab", "xy"],
-             "test": ["abz", "yz"]}
-    tasks = (TaskSpec("y", "single", 2), TaskSpec("tags", "multi", 2),
-             TaskSpec("score", "regression", 1))
-    y = torch.tensor([0, 0, 1, 1, 0, 1] * 3)
-    targets = {"train": {"y": y, "tags": torch.stack([y, 1 - y], 1).float(),
-                         "score": y.float().reshape(-1, 1)},
-               "val": {"y": torch.tensor([0, 1]), "tags": torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
-                       "score": torch.tensor([[0.0], [1.0]])}}
-    background = BackgroundFit(fit_linear_baseline, texts["train"], texts["val"], targets["train"],
-                               targets["val"], tasks).result()  # fitted in another process
-    foreground, how = linear_baseline(texts, targets, tasks)
-    assert background.how == how
-    for name, pred in background.predict(texts["test"]).items():
-        assert torch.equal(pred, foreground["test"][name])  # the same bits
-
-    with pytest.raises(ValueError, match="invalid literal"):
-        BackgroundFit(int, "not a number").result()
-
-
-_PARENT = """
-import sys, time
-sys.path.insert(0, {root!r})
-from tuner.baselines import BackgroundFit
-if __name__ == "__main__":
-    fit = BackgroundFit(time.sleep, 120)
-    print(fit.pid, flush=True)
-    time.sleep(float(sys.argv[1]))
-    sys.exit(2)
-"""
-
-
-def _gone(pid: int, within_s: float) -> bool:
-    try:
-        psutil.Process(pid).wait(timeout=within_s)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        return False
-    return True
-
-
-def test_a_process_that_leaves_during_a_background_fit_exits_with_its_code_and_takes_the_fit(tmp_path):
-    script = tmp_path / "parent.py"
-    script.write_text(_PARENT.format(root=str(Path(__file__).resolve().parents[2])))
-    out = subprocess.run([sys.executable, str(script), "0.5"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert _gone(int(out.stdout.split()[0]), within_s=10)
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="dies with its parent through Linux's prctl")
-def test_a_background_fit_dies_with_its_sigkilled_parent(tmp_path):
-    script = tmp_path / "parent.py"
-    script.write_text(_PARENT.format(root=str(Path(__file__).resolve().parents[2])))
-    parent = subprocess.Popen([sys.executable, str(script), "120"], stdout=subprocess.PIPE, text=True)
-    child = int(parent.stdout.readline())
-    assert psutil.pid_exists(child)
-    parent.send_signal(signal.SIGKILL)
-    parent.wait(timeout=30)
-    assert _gone(child, within_s=10)
