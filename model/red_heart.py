@@ -114,12 +114,6 @@ PRESETS: dict[str, RedHeartConfig] = {
                             max_length=512, dsp_length=128, neural_hidden=128, dsp_bins=16,
                             dsp_channels=8, adv_d_model=32, ngram_buckets=2**17,
                             adv_ngram_buckets=2**14),
-    # The ngram preset at toy size (0.5M parameters; `run_study.py --smoke` and the tests):
-    # the same modules and groups, with tables small enough that a checkpoint is 2 MB.
-    "ngram-tiny": RedHeartConfig(backbone="ngram", ngram_orders=4, word_ngrams=2, d_model=64,
-                                 max_length=512, dsp_length=128, neural_hidden=128, dsp_bins=16,
-                                 dsp_channels=8, adv_d_model=32, ngram_buckets=2**12,
-                                 adv_ngram_buckets=2**10),
     # The smallest byte transformer (tests and quick checks).
     "tiny": RedHeartConfig(),
     "small": RedHeartConfig(d_model=128, n_layers=4, n_heads=4, d_ff=512, max_length=64,
@@ -133,6 +127,9 @@ PRESETS: dict[str, RedHeartConfig] = {
                            neural_hidden=1536, dsp_bins=64, dsp_channels=32, adv_d_model=768,
                            adv_layers=2, adv_heads=12, adv_d_ff=3072),
 }
+# The ngram preset at toy size (0.5M parameters; `run_study.py --smoke` and the tests): the
+# same modules and groups, with tables small enough that a checkpoint is 2 MB.
+PRESETS["ngram-tiny"] = replace(PRESETS["ngram"], ngram_buckets=2**12, adv_ngram_buckets=2**10)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -285,8 +282,8 @@ class _NgramEncoder(nn.Module):
 
     Takes the n-gram hashes (``ngram_hashes``, computed once per forward for every
     encoder of the model) and maps them onto rows 1.. of its own table (row 0 is never
-    looked up and stays zero). ``per_position``: each character position's vector is the sum of the
-    embeddings of the n-grams that start there (B, W, D), for the DSP module; otherwise
+    looked up and stays zero). ``per_position``: each character position's vector is the sum
+    of the embeddings of the n-grams that start there (B, W, D), for the DSP module; otherwise
     only the pooled feature is made. The pooled feature is the sum over the text divided
     by the square root of the number of n-grams, so long and short texts land on one scale.
 

@@ -1,13 +1,7 @@
 """What is searched and decided: one module per phase, plus the pipeline that runs them."""
 
 from .analysis import analyze_long_run, intact_checkpoints
-from .baselines import (
-    BaselineConfig,
-    LinearBaseline,
-    fit_linear_baseline,
-    linear_baseline,
-    majority_class,
-)
+from .baselines import BaselineConfig, linear_baseline, majority_class
 from .context import RunContext
 from .crossover import ResumableTPESampler, assemble_state, load_crossover, run_crossover_study
 from .dashboard import ARTIFACT_DIR, publish
@@ -60,7 +54,6 @@ __all__ = [
     "Candidate",
     "IncompatibleSession",
     "Launch",
-    "LinearBaseline",
     "LongRunConfig",
     "Monitor",
     "OverfitConfig",
@@ -85,7 +78,6 @@ __all__ = [
     "evaluate_ensemble",
     "final_evaluation",
     "find_sweet_spots",
-    "fit_linear_baseline",
     "greedy_soup",
     "grid_claims",
     "grid_edge",

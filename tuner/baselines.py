@@ -81,93 +81,58 @@ def _logistic(c: float, cfg: BaselineConfig):
                               random_state=0)
 
 
-def _single(x_train, y: np.ndarray, classes: int, c: float, cfg: BaselineConfig) -> _SingleLabel:
+def _single(x_train, y: np.ndarray, classes: int, c: float, cfg: BaselineConfig):
     # One-vs-rest liblinear: on 10,000 rows and ~125,000 n-grams it fits in seconds, where
     # the multinomial fits took longer (lbfgs 10x, saga with warm starts along the C path
     # about as long) and were less accurate on val (bench/baselines.py).
     from sklearn.multiclass import OneVsRestClassifier
 
-    return _SingleLabel(OneVsRestClassifier(_logistic(c, cfg)).fit(x_train, y), classes)
+    model = OneVsRestClassifier(_logistic(c, cfg)).fit(x_train, y)
+
+    def predict(x) -> torch.Tensor:
+        full = np.full((x.shape[0], classes), _EPS)
+        full[:, model.classes_] = np.maximum(model.predict_proba(x), _EPS)
+        return torch.from_numpy(np.log(full / full.sum(1, keepdims=True))).float()
+    return predict
 
 
-def _multi(x_train, y: np.ndarray, c: float, cfg: BaselineConfig) -> _MultiLabel:
+def _multi(x_train, y: np.ndarray, c: float, cfg: BaselineConfig):
     # One binary logistic regression per label (one-vs-rest). Labels with one value in
     # train cannot be fitted: they keep their train frequency.
     fit = (y.min(0) != y.max(0)).nonzero()[0]
     prior = np.clip(y.mean(0), _EPS, 1 - _EPS)
-    return _MultiLabel({int(j): _logistic(c, cfg).fit(x_train, y[:, j]) for j in fit}, prior)
+    models = {j: _logistic(c, cfg).fit(x_train, y[:, j]) for j in fit}
 
-
-def _regression(x_train, y: np.ndarray, alpha: float, cfg: BaselineConfig) -> _Regression:
-    from sklearn.linear_model import Ridge
-
-    return _Regression(Ridge(alpha=alpha).fit(x_train, y))
-
-
-# The fitted models as plain classes (not closures: they pickle). Each maps TF-IDF rows to
-# what the model's outputs would be.
-
-@dataclass
-class _SingleLabel:
-    model: Any
-    classes: int
-
-    def __call__(self, x) -> torch.Tensor:  # (N, classes) log-probabilities
-        full = np.full((x.shape[0], self.classes), _EPS)
-        full[:, self.model.classes_] = np.maximum(self.model.predict_proba(x), _EPS)
-        return torch.from_numpy(np.log(full / full.sum(1, keepdims=True))).float()
-
-
-@dataclass
-class _MultiLabel:
-    models: dict[int, Any]
-    prior: np.ndarray
-
-    def __call__(self, x) -> torch.Tensor:  # (N, labels) logits
-        p = np.tile(self.prior, (x.shape[0], 1))
-        for j, model in self.models.items():
+    def predict(x) -> torch.Tensor:
+        p = np.tile(prior, (x.shape[0], 1))
+        for j, model in models.items():
             p[:, j] = np.clip(model.predict_proba(x)[:, 1], _EPS, 1 - _EPS)
         return torch.from_numpy(np.log(p) - np.log1p(-p)).float()
+    return predict
 
 
-@dataclass
-class _Regression:
-    model: Any
+def _regression(x_train, y: np.ndarray, alpha: float, cfg: BaselineConfig):
+    from sklearn.linear_model import Ridge
 
-    def __call__(self, x) -> torch.Tensor:  # (N, 1) values
-        return torch.from_numpy(np.asarray(self.model.predict(x)).reshape(-1, 1)).float()
-
-
-@dataclass
-class LinearBaseline:
-    """A fitted linear baseline: the TF-IDF vectorizer and, per task, the model whose C
-    (alpha) did best on val. ``predict`` scores any other split the way a model would."""
-
-    vectorizer: Any
-    predictors: dict[str, Any]
-    how: dict[str, Any]
-
-    def predict(self, texts: Sequence[str]) -> Predictions:
-        x = self.vectorizer.transform(texts)
-        return {name: fn(x) for name, fn in self.predictors.items()}
+    model = Ridge(alpha=alpha).fit(x_train, y)
+    return lambda x: torch.from_numpy(np.asarray(model.predict(x)).reshape(-1, 1)).float()
 
 
-def fit_linear_baseline(train_texts: Sequence[str], val_texts: Sequence[str],
-                        train_targets: Mapping[str, torch.Tensor],
-                        val_targets: Mapping[str, torch.Tensor], tasks: Sequence[TaskSpec],
-                        cfg: BaselineConfig = BaselineConfig()) -> LinearBaseline:
-    """Fit on the train split and choose C / alpha per task on the val split; no other
-    split is read."""
+def linear_baseline(texts: Mapping[str, Sequence[str]], targets: Mapping[str, Mapping[str, torch.Tensor]],
+                    tasks: Sequence[TaskSpec], cfg: BaselineConfig = BaselineConfig(),
+                    ) -> tuple[dict[str, Predictions], dict[str, Any]]:
+    """Fit on ``texts["train"]``, choose C / alpha per task on ``texts["val"]``, predict every
+    other split of ``texts``. Returns (split -> task -> predictions, how it was made)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.feature_extraction.text import TfidfVectorizer
     vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(cfg.ngram_min, cfg.ngram_max),
                                  sublinear_tf=True, lowercase=False, dtype=np.float32)
-    x_train = vectorizer.fit_transform(train_texts)
-    x_val = vectorizer.transform(val_texts)
-    predictors: dict[str, Any] = {}
+    x = {"train": vectorizer.fit_transform(texts["train"])}
+    x.update({k: vectorizer.transform(v) for k, v in texts.items() if k != "train"})
+    preds: dict[str, Predictions] = {k: {} for k in texts if k != "train"}
     chosen: dict[str, dict[str, Any]] = {}
     for spec in tasks:
-        y = train_targets[spec.name].numpy()
+        y = targets["train"][spec.name].numpy()
         grid = cfg.alpha_grid if spec.kind == "regression" else cfg.c_grid
         scores = {}
         best = None
@@ -175,12 +140,13 @@ def fit_linear_baseline(train_texts: Sequence[str], val_texts: Sequence[str],
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 if spec.kind == "single":
-                    fn = _single(x_train, y, spec.num_outputs, value, cfg)
+                    fn = _single(x["train"], y, spec.num_outputs, value, cfg)
                 elif spec.kind == "multi":
-                    fn = _multi(x_train, y, value, cfg)
+                    fn = _multi(x["train"], y, value, cfg)
                 else:
-                    fn = _regression(x_train, y.ravel(), value, cfg)
-            m = prediction_metrics({spec.name: fn(x_val)}, {spec.name: val_targets[spec.name]},
+                    fn = _regression(x["train"], y.ravel(), value, cfg)
+            val_pred = fn(x["val"])
+            m = prediction_metrics({spec.name: val_pred}, {spec.name: targets["val"][spec.name]},
                                    [spec])["task_metrics"][spec.name]
             # Larger is better: accuracy, micro-F1, minus the MSE; ties keep the smaller value.
             score = m.get("accuracy") if spec.kind == "single" else (
@@ -188,9 +154,11 @@ def fit_linear_baseline(train_texts: Sequence[str], val_texts: Sequence[str],
             scores[value] = score
             if best is None or score > best[0]:
                 best = (score, value, fn)
-        _, value, predictors[spec.name] = best
+        _, value, fn = best
         chosen[spec.name] = {"alpha" if spec.kind == "regression" else "C": value,
                              "val_scores": {f"{v:g}": s for v, s in scores.items()}}
+        for split in preds:
+            preds[split][spec.name] = fn(x[split])
         logger.info("linear baseline, task %s: %s %g chosen on val (%s)", spec.name,
                     "alpha" if spec.kind == "regression" else "C", value,
                     ", ".join(f"{v:g}: {s:.4f}" for v, s in scores.items()))
@@ -200,18 +168,7 @@ def fit_linear_baseline(train_texts: Sequence[str], val_texts: Sequence[str],
                                "multi": "one-vs-rest logistic regression",
                                "regression": "ridge regression"}[s.kind] for s in tasks},
            "chosen_on_val": chosen}
-    return LinearBaseline(vectorizer, predictors, how)
+    return preds, how
 
 
-def linear_baseline(texts: Mapping[str, Sequence[str]], targets: Mapping[str, Mapping[str, torch.Tensor]],
-                    tasks: Sequence[TaskSpec], cfg: BaselineConfig = BaselineConfig(),
-                    ) -> tuple[dict[str, Predictions], dict[str, Any]]:
-    """Fit on ``texts["train"]``, choose C / alpha per task on ``texts["val"]``, predict every
-    other split of ``texts``. Returns (split -> task -> predictions, how it was made)."""
-    fitted = fit_linear_baseline(texts["train"], texts["val"], targets["train"], targets["val"],
-                                 tasks, cfg)
-    return {k: fitted.predict(v) for k, v in texts.items() if k != "train"}, fitted.how
-
-
-__all__ = ["BaselineConfig", "LinearBaseline", "fit_linear_baseline",
-           "linear_baseline", "majority_class"]
+__all__ = ["BaselineConfig", "linear_baseline", "majority_class"]

@@ -42,12 +42,12 @@ STRATEGY_GRID = (1e-5, 5e-5, 1e-4, 2e-4, 5e-4)
 # was set for fine-tuning a 730M model; smaller models trained from scratch want larger LRs.
 PRESET_GRIDS: dict[str, tuple[float, ...]] = {
     "ngram": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
-    "ngram-tiny": (1e-3, 2e-3, 5e-3, 1e-2, 2e-2),
     "tiny": (5e-4, 1e-3, 2e-3, 5e-3, 1e-2),
     "small": (2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
     "base": (5e-5, 1e-4, 2e-4, 5e-4, 1e-3),
     "730m": STRATEGY_GRID,
 }
+PRESET_GRIDS["ngram-tiny"] = PRESET_GRIDS["ngram"]  # the same model at toy size
 
 
 def default_grid(preset: str | None) -> tuple[float, ...]:

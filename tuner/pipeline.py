@@ -32,7 +32,7 @@ from model.memory import (
 )
 from model.optimizers import OPTIMIZERS, OPTIONS, available, check_choice
 from model.plugin import build
-from model.training import EncodedData, resolve_precision
+from model.training import resolve_precision
 from storage import (
     Dataset,
     Session,
@@ -50,7 +50,7 @@ from storage.studies import (
 
 from ._workers import POLL_S, Heartbeat, storage_heartbeats
 from .analysis import analyze_long_run
-from .baselines import LinearBaseline, fit_linear_baseline, majority_class
+from .baselines import linear_baseline, majority_class
 from .config import PipelineConfig
 from .context import RunContext
 from .crossover import (
@@ -434,14 +434,7 @@ def phases_3_4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     crash_point("phase:4")
     start = time.perf_counter()
     ctx = replace(ctx, test=dataset.encode(splits["test"], tokenizer))
-    fit_start = time.perf_counter()
-    fitted = fit_linear_baseline(*_baseline_inputs(dataset, splits, train, val))
-    logger.info("phase 4: linear baseline fitted in %.1f s (%s chosen on val)",
-                time.perf_counter() - fit_start, ", ".join(
-                    f"{task} {k} {v:g}" for task, c in fitted.how["chosen_on_val"].items()
-                    for k, v in c.items() if k in ("C", "alpha")))
-    references = reference_rows(fitted, dataset, splits,
-                                {"train": train, "val": val, "test": ctx.test})
+    references = reference_rows(dataset, splits, {"train": train, "val": val, "test": ctx.test})
     results = run_phase4(cfg, storage, ctx, spec, analysis, history, long_study, report,
                          references, dataset.fields[0].classes, tokenizer)
     release_phase4(long_study, done=True)
@@ -532,24 +525,17 @@ def run_phase4(cfg: PipelineConfig, storage: optuna.storages.BaseStorage, ctx: R
     return results
 
 
-def _baseline_inputs(dataset: Dataset, splits: dict[str, list[dict]], train: EncodedData,
-                     val: EncodedData) -> tuple:
-    """``fit_linear_baseline``'s arguments: train and val texts, their targets, the tasks."""
-    text = dataset.text_field
-    return ([r[text] for r in splits["train"]], [r[text] for r in splits["val"]], train.targets,
-            val.targets, tuple(dataset.tasks))
-
-
-def reference_rows(linear: LinearBaseline, dataset: Dataset, splits: dict[str, list[dict]],
-                   encoded: dict) -> dict:
+def reference_rows(dataset: Dataset, splits: dict[str, list[dict]], encoded: dict) -> dict:
     """The test table's reference rows: the linear baseline (fitted on train, C chosen on
     val) and the majority class, as (how, split -> task -> predictions)."""
+    start = time.perf_counter()
+    texts = {k: [r[dataset.text_field] for r in splits[k]] for k in encoded}
     targets = {k: d.targets for k, d in encoded.items()}
-    predictions = {k: linear.predict([r[dataset.text_field] for r in splits[k]])
-                   for k in encoded if k != "train"}
+    linear, how = linear_baseline(texts, targets, dataset.tasks)
     majority = {k: majority_class(targets["train"], dataset.tasks, len(d))
                 for k, d in encoded.items() if k != "train"}
-    return {"linear_baseline": (linear.how, predictions),
+    logger.info("phase 4: linear baseline fitted in %.0f s", time.perf_counter() - start)
+    return {"linear_baseline": (how, linear),
             "majority_class": ({"predicts": "the train split's class (label) frequencies"}, majority)}
 
 

@@ -6,11 +6,7 @@ import torch
 from model import ByteTokenizer
 from model.tasks import TaskSpec
 from storage import load_embedded
-from tuner.baselines import (
-    BaselineConfig,
-    linear_baseline,
-    majority_class,
-)
+from tuner.baselines import BaselineConfig, linear_baseline, majority_class
 from tuner.ensembles import prediction_metrics
 
 
