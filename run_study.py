@@ -58,7 +58,7 @@ def _fmt_grid(grid: tuple[float, ...]) -> str:
     return ",".join(f"{x:g}" for x in grid)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """Flags default to None: the config dataclasses fill in what a flag leaves unset, so
     --help (which quotes them), a TOML file and the code cannot disagree."""
     def d(cls: type, name: str) -> str:
@@ -386,7 +386,7 @@ def _print_summary(cfg: PipelineConfig) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _predict_parser() -> argparse.ArgumentParser:
+def build_predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_study.py predict",
         description="Predict with a session's final model: one JSON line per input row.")
@@ -407,7 +407,7 @@ def predict_main(argv: list[str]) -> int:
     from storage import atomic_write_bytes, read_texts
     from tuner.predict import load_predictor, predict
 
-    args = _predict_parser().parse_args(argv)
+    args = build_predict_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -429,7 +429,7 @@ def predict_main(argv: list[str]) -> int:
 
 def parse_config(argv: list[str]) -> PipelineConfig:
     """The run's config from command-line flags (and a --config file), as main reads them."""
-    parser = _parser()
+    parser = build_parser()
     first, _ = parser.parse_known_args(argv)
     if first.config:
         _apply_config_file(parser, first.config)
@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["predict"]:
         return predict_main(argv[1:])
-    parser = _parser()
+    parser = build_parser()
     first, _ = parser.parse_known_args(argv)
     cfg: PipelineConfig | None = None
     try:

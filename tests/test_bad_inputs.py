@@ -127,7 +127,7 @@ def _same_settings(backup: Path, argv: list[str]) -> None:
     """Give the existing session the settings ``argv`` runs with, as a rerun of the same
     command finds them: each case then meets its own error, not a settings mismatch."""
     try:
-        cfg = run_study.config_from_args(run_study._parser().parse_args(argv))
+        cfg = run_study.config_from_args(run_study.build_parser().parse_args(argv))
     except ValueError:
         return  # refused while reading the flags, before any session is looked at
     # The run records the optimizer its memory plan resolved: "auto" is AdamW without a budget.

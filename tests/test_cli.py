@@ -28,7 +28,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_help_quotes_the_dataclass_defaults():
-    text = " ".join(run_study._parser().format_help().split())  # argparse wraps lines
+    text = " ".join(run_study.build_parser().format_help().split())  # argparse wraps lines
     assert f"maximum epochs (the strategy's) (default: {LongRunConfig().epochs})" in text
     assert f"epochs per LR (default: {SweepConfig().epochs})" in text
     assert f"--batch-size BATCH_SIZE (default: {TrainConfig().batch_size})" in text
@@ -37,14 +37,14 @@ def test_help_quotes_the_dataclass_defaults():
 
 
 def test_a_flag_left_unset_keeps_the_dataclass_default():
-    cfg = run_study.config_from_args(run_study._parser().parse_args([]))
+    cfg = run_study.config_from_args(run_study.build_parser().parse_args([]))
     assert cfg == PipelineConfig()
-    cfg = run_study.config_from_args(run_study._parser().parse_args(["--epochs", "7"]))
+    cfg = run_study.config_from_args(run_study.build_parser().parse_args(["--epochs", "7"]))
     assert cfg.long_run.epochs == 7 and cfg.train == TrainConfig()
 
 
 def test_the_old_seed_spellings_of_the_strategy_rules_still_work_with_a_warning():
-    args = run_study._parser().parse_args(["--selection-method", "seed",
+    args = run_study.build_parser().parse_args(["--selection-method", "seed",
                                            "--overfit-criterion", "seed"])
     with pytest.warns(FutureWarning, match="--selection-method seed is deprecated"):
         cfg = run_study.config_from_args(args)
