@@ -17,8 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage import load_embedded, read_json
-from storage.datasets import Dataset
+from storage import Dataset, load_embedded, read_json
 from tuner.crossover import assemble_state, evaluate_state
 from tuner.predict import load_predictor
 

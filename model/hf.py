@@ -161,7 +161,10 @@ def derive_groups(model: nn.Module, blocks: int) -> GroupSpec:
     return GroupSpec(groups=groups, layers=layer_prefixes, below_layers=below)
 
 
-def build_hf(target: str, tasks: Sequence[TaskSpec], blocks: int = 4,
+HF_LAYER_BLOCKS = 4  # an hf: model's encoder layers are grouped into this many groups
+
+
+def build_hf(target: str, tasks: Sequence[TaskSpec], blocks: int = HF_LAYER_BLOCKS,
              ) -> tuple[HFTextClassifier, GroupSpec]:
     """The model of ``hf:<folder>`` with a head for ``tasks[0]``, and its groups."""
     folder = hf_folder(target)

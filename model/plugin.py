@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from .groups import GroupSpec
-from .hf import build_hf, is_hf
+from .hf import HF_LAYER_BLOCKS, build_hf, is_hf
 from .red_heart import build_model
 from .tasks import TaskSpec
 
@@ -47,10 +47,10 @@ def build(
     activation_checkpointing: bool = False,
 ) -> tuple[nn.Module, GroupSpec]:
     """The reference model (``target=None``; ``dropout`` overrides the preset's), a
-    Hugging Face folder (``hf:<folder>``, its layers in ``hf_layer_blocks`` groups, 4 by
-    default) or the user's factory, checked."""
+    Hugging Face folder (``hf:<folder>``, its layers in ``hf_layer_blocks`` groups,
+    ``HF_LAYER_BLOCKS`` by default) or the user's factory, checked."""
     if is_hf(target):
-        model, spec = build_hf(target, tasks, hf_layer_blocks or 4)
+        model, spec = build_hf(target, tasks, hf_layer_blocks or HF_LAYER_BLOCKS)
         if activation_checkpointing:
             model.hf.gradient_checkpointing_enable()
         return model, spec

@@ -39,7 +39,7 @@ class TaskSpec:
 
 # The embedded kaomoji corpus (rows whose category is not "uncategorized"):
 # 51 emotion categories, 75 intent tags, 65 subject tags. tests/storage checks
-# these against storage.datasets so the two never drift apart.
+# these against storage.corpus so the two never drift apart.
 EMBEDDED_TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("emotion", "single", 51),
     TaskSpec("intent", "multi", 75),

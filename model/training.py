@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import EncodedData, batch_indices
 from .groups import GroupSpec
 from .optimizers import (
     OPTIMIZERS,
@@ -35,6 +36,7 @@ from .optimizers import (
     split_tensors,
     sync_offloaded_weights,
 )
+from .setting import setting
 from .tasks import TaskCounts, TaskSpec, correct_rows, task_loss
 from .techniques import (
     build_ema,
@@ -56,30 +58,51 @@ class TrainConfig:
 
     lr: float = 1e-4
     epochs: int = 60
-    batch_size: int = 64
-    grad_accum: int = 1  # effective batch 64, as the strategy's 4 x 16
+    batch_size: int = setting(64, flag="--batch-size", group="training", type=int,
+                              help="rows per micro-batch")
+    grad_accum: int = setting(1, flag="--gradient-accumulation", aliases=("--grad-accum",),
+                              group="training", type=int,
+                              help="micro-batches per optimizer step")  # effective batch 64
     weight_decay: float = 0.01
-    label_smoothing: float = 0.05
-    r_drop: float = 1.0  # R-Drop lambda; 0 turns it off
-    ema_decay: float = 0.999  # 0 turns EMA off
+    label_smoothing: float = setting(0.05, flag="--label-smoothing", group="training", type=float,
+                                     help="label smoothing of single-label losses")
+    r_drop: float = setting(1.0, flag="--r-drop", group="training", type=float,
+                            help="R-Drop lambda; 0 = off")
+    ema_decay: float = setting(0.999, flag="--ema-decay", group="training", type=float,
+                               help="decay of the weights' EMA; 0 = no EMA")
     # Where the EMA copy lives: None, the model's device; "cpu" keeps it off the GPU
     # (AveragedModel copies the weights over after each optimizer step).
-    ema_device: str | None = None
-    # adamw | adamw8bit (bf16 weights, 8-bit moments) | adamw-offload (moments and step on
-    # the CPU): see model.optimizers. "auto": AdamW, unless the pipeline's memory plan
-    # switches to another to fit --gpu-memory-gib.
-    optimizer: str = "auto"
-    llrd_decay: float = 0.9  # 1 turns LLRD off (every layer at the base LR)
+    ema_device: str | None = setting(
+        None, flag="--ema-device", group="training", choices=("cpu",),
+        help="keep the EMA copy on the CPU instead of beside the model (GPU memory)")
+    # See model.optimizers. "auto": AdamW, unless the pipeline's memory plan switches to
+    # another to fit --gpu-memory-gib.
+    optimizer: str = setting(
+        "auto", flag="--optimizer", group="training", choices=("auto", *OPTIMIZERS),
+        help="adamw: torch's AdamW, fp32 weights; adamw8bit: bf16 weights with torchao's "
+             "8-bit AdamW; adamw-offload: AdamW's state and step on the CPU (CUDA); auto: "
+             "adamw unless --gpu-memory-gib needs another (the last two need pip install -e "
+             "'.[gpu]')")
+    llrd_decay: float = setting(0.9, flag="--llrd-decay", group="training", type=float,
+                                help="layer-wise LR decay; 1 = none (every layer at the base LR)")
     analyzer_lr_scale: float = 0.7
     aux_weight: float = 1.0
     grad_clip: float = 1.0  # 0 turns clipping off (the norm is still measured)
     # Embedding tables a model marks sparse (``nn.Embedding(..., sparse=True)``, as the n-gram
     # presets do) train with sparse gradients and torch's SparseAdam, which updates only the
     # rows a batch touched; False (or an optimizer other than adamw): dense, like the rest.
-    sparse_embeddings: bool = True
-    precision: str = "auto"  # CUDA: bf16 if supported else fp16; CPU: fp32
-    seed: int = 0
-    progress: bool = True
+    sparse_embeddings: bool = setting(
+        True, flag="--dense-embeddings", group="training", switch=False,
+        help="train embedding tables a model marks sparse (the n-gram presets') densely with "
+             "the optimizer of the rest, instead of with sparse gradients and SparseAdam")
+    precision: str = setting("auto", flag="--precision", group="training",
+                             choices=("auto", "fp32", "bf16", "fp16"),
+                             help="autocast on CUDA (auto: bf16 if supported, else fp16 with a "
+                                  "GradScaler); always fp32 on the CPU")
+    seed: int = setting(0, flag="--seed", group="study", type=int,
+                        help="random seed for sampling, splits and training")
+    progress: bool = setting(True, flag="--no-progress", group="output", switch=False,
+                             help="no progress bars")
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -127,39 +150,6 @@ class TrainConfig:
         base = dict(label_smoothing=0.0, r_drop=0.0, ema_decay=0.0, llrd_decay=1.0,
                     analyzer_lr_scale=1.0, grad_clip=0.0, precision="fp32")
         return cls(**{**base, **kw})
-
-
-@dataclass
-class EncodedData:
-    """A split as tensors: ids (N, L) int64, mask (N, L) bool, targets task -> (N, ...)."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
-    targets: dict[str, torch.Tensor]
-
-    def __post_init__(self) -> None:
-        n = self.ids.shape[0]
-        if self.mask.shape != self.ids.shape:
-            raise ValueError(f"mask shape {tuple(self.mask.shape)} != ids {tuple(self.ids.shape)}")
-        for task, t in self.targets.items():
-            if t.shape[0] != n:
-                raise ValueError(f"targets[{task!r}] has {t.shape[0]} rows, ids have {n}")
-
-    def __len__(self) -> int:
-        return self.ids.shape[0]
-
-    def batch(self, index: torch.Tensor, device: torch.device) -> tuple:
-        """Rows ``index``, cut to the batch's longest text: (ids (B, L_b), mask, targets)."""
-        mask = self.mask[index]
-        width = max(int(mask.sum(1).max()), 1)
-        return (self.ids[index, :width].to(device), mask[:, :width].to(device),
-                {k: v[index].to(device) for k, v in self.targets.items()})
-
-
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
-    """Index batches over n rows; shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    yield from order.split(batch_size)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

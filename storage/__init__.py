@@ -10,22 +10,17 @@ from .checkpoints import (
     verify_checkpoint,
     verify_file,
 )
-from .datasets import (
-    DataError,
-    Dataset,
-    TaskField,
-    embedded_fields,
-    load_embedded,
-    load_file,
-    read_texts,
-)
+from .corpus import embedded_fields, load_embedded
+from .datasets import DataError, Dataset, TaskField
 from .faults import crash_point
+from .files import load_file, read_texts
 from .session import (
     Session,
     atomic_write_bytes,
     json_safe,
     read_json,
     remove_stale_temp_files,
+    with_stable_timestamp,
     write_json,
 )
 
@@ -51,5 +46,6 @@ __all__ = [
     "save_resume",
     "verify_checkpoint",
     "verify_file",
+    "with_stable_timestamp",
     "write_json",
 ]

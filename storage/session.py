@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,18 @@ def write_json(path: Path, payload: Any) -> Path:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def with_stable_timestamp(path: Path, payload: dict) -> dict:
+    """``payload`` with a timestamp: the one already in ``path`` when a rerun reproduces
+    the same content, so reruns leave the file (and its dashboard artifact) byte for byte
+    as it was."""
+    payload = json_safe({k: v for k, v in payload.items() if k != "timestamp"})
+    if path.exists():
+        old = read_json(path)
+        if "timestamp" in old and {k: v for k, v in old.items() if k != "timestamp"} == payload:
+            return payload | {"timestamp": old["timestamp"]}
+    return payload | {"timestamp": datetime.now(UTC).isoformat()}
 
 
 @dataclass(frozen=True)

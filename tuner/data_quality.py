@@ -21,7 +21,7 @@ from ._similarity import similar_pairs
 logger = logging.getLogger(__name__)
 
 ConflictPolicy = Literal["keep_first", "drop_group"]
-_POLICIES = ("keep_first", "drop_group")
+CONFLICT_POLICIES = ("keep_first", "drop_group")
 _EXAMPLES = 10
 
 
@@ -43,8 +43,8 @@ def remove_near_duplicates(
     values disagree, ``conflict_policy`` decides: "keep_first" keeps the first row (the
     strategy's behaviour), "drop_group" drops the whole group.
     """
-    if conflict_policy not in _POLICIES:
-        raise ValueError(f"conflict_policy must be one of {_POLICIES}, got {conflict_policy!r}")
+    if conflict_policy not in CONFLICT_POLICIES:
+        raise ValueError(f"conflict_policy must be one of {CONFLICT_POLICIES}, got {conflict_policy!r}")
     texts = [r.get(text_key, "") for r in records]
     n = len(texts)
     pairs = similar_pairs(texts, None, threshold, progress=progress)   # (k, 2), i < j

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from model.groups import GroupSpec
+from model.setting import setting
 from model.tasks import TaskSpec
 from model.training import (
     TrainConfig,
@@ -33,7 +32,6 @@ from model.training import (
     distribute,
     run_epoch,
     steps_per_epoch,
-    tensor_stats,
     train_one_epoch,
 )
 from storage import Session, crash_point, json_safe
@@ -42,13 +40,13 @@ from storage.checkpoints import CheckpointError, read_resume, save_checkpoint, s
 from ._workers import (
     WORKER_ATTR,
     Heartbeat,
-    beating,
     fail_stale_trials,
-    is_gone,
     trial_heartbeat,
     trial_is_gone,
     worker_id,
 )
+from .checkpoint_evidence import detailed_metrics, progress_report
+from .claims import own_phase4
 from .context import RunContext
 from .distributed import (
     GO,
@@ -73,15 +71,31 @@ CHECKPOINT_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16
 
 @dataclass(frozen=True)
 class LongRunConfig:
-    epochs: int = 60
-    checkpoint_every: int = 2
-    # Group weights in the modular checkpoints at this width (None: fp32); the resume
-    # state always keeps full precision.
-    checkpoint_dtype: str | None = None
-    # The early stop (tuner.early_stop): checkpoints without improvement of the monitor (and
-    # of every group's own val loss) before the run ends; 0 runs all ``epochs``.
-    patience: int = 3
-    min_checkpoints: int = 4
+    epochs: int = setting(60, flag="--epochs", group="training", type=int,
+                          help="the long run's maximum epochs (the strategy's)")
+    checkpoint_every: int = setting(2, flag="--checkpoint-every", group="training", type=int,
+                                    help="epochs between modular checkpoints")
+    # None: fp32 (kept None so that sessions recorded before the flag resume).
+    checkpoint_dtype: str | None = setting(
+        None, flag="--checkpoint-dtype", group="training", choices=tuple(CHECKPOINT_DTYPES),
+        default_text="fp32",
+        help="width of the group weights in modular checkpoints (the resume state keeps full "
+             "precision)")
+    # The early stop (tuner.early_stop).
+    patience: int = setting(
+        3, flag="--patience", group="training", type=int,
+        help="stop the long run once the monitor, and every group's own val loss where the "
+             "model reports one, has not improved for this many checkpoints; 0 = run every epoch")
+    min_checkpoints: int = setting(
+        4, flag="--min-checkpoints", group="training", type=int,
+        help="the fewest checkpoints the long run stops with (the crossover and the soups "
+             "choose among them)")
+
+    @property
+    def narrowed_dtype(self) -> torch.dtype | None:
+        """The checkpoints' group-weight dtype when --checkpoint-dtype narrows it, else None
+        (the training weights' own)."""
+        return CHECKPOINT_DTYPES[self.checkpoint_dtype or "fp32"]
 
     def __post_init__(self) -> None:
         StopRule(self.patience, self.min_checkpoints)  # one ValueError per bad value
@@ -92,90 +106,6 @@ class LongRunConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs!r}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
-
-
-def detailed_metrics(model: torch.nn.Module, spec: GroupSpec, metrics: dict,
-                     history: Sequence[dict]) -> dict[str, Any]:
-    """The strategy's per-checkpoint detail: parameter stats per group, gradient stats per group
-    (last optimizer step of the epoch), overfitting and learning-efficiency figures, memory."""
-    params = {}
-    for group in spec.groups:
-        tensors = [p for _, p in spec.named_parameters_of(model, group)]
-        if tensors:
-            params[group] = tensor_stats(torch.cat([p.detach().flatten() for p in tensors]))
-    prev = history[-2] if len(history) > 1 else None
-    return {
-        "epoch": metrics["epoch"],
-        "metrics": metrics,
-        "detailed": {
-            "parameter_stats": params,
-            "gradient_stats": metrics.get("group_grad_stats", {}),
-            "learning_efficiency": {
-                "loss_improvement": (prev["train_loss"] - metrics["train_loss"]) if prev else None,
-                "val_improvement": (prev["val_loss"] - metrics["val_loss"]) if prev else None,
-                "within_epoch": metrics["learning_efficiency"],
-                "convergence_speed": metrics["convergence_speed"]},
-            "overfitting_metrics": {
-                "train_val_gap": metrics["overfit_gap"],
-                "generalization_error": abs(metrics["train_acc"] - metrics["val_acc"])},
-            "memory": {"peak_bytes": metrics["peak_memory_bytes"]},
-        },
-    }
-
-
-def progress_report(epoch: int, total_epochs: int, checkpoints: Sequence[int],
-                    history: Sequence[dict]) -> dict[str, Any]:
-    best = min(history, key=lambda h: h["val_loss"])
-    gaps = [h["overfit_gap"] for h in history if h["epoch"] in checkpoints][-4:]
-    return {
-        "epoch": epoch,
-        "total_checkpoints": len(checkpoints),
-        # Of the maximum: an early stop ends the run before 100%.
-        "training_progress": 100.0 * epoch / total_epochs,
-        "metrics_summary": {"train_loss": history[-1]["train_loss"],
-                            "val_loss": history[-1]["val_loss"], "val_acc": history[-1]["val_acc"]},
-        "best_performance": {"epoch": best["epoch"], "val_loss": best["val_loss"],
-                             "val_acc": best["val_acc"]},
-        "overfitting_analysis": {"recent_checkpoint_gaps": gaps,
-                                 "gap_rising": len(gaps) >= 3 and all(
-                                     a < b for a, b in zip(gaps[-3:], gaps[-2:], strict=False))},
-        "timestamp": datetime.now(UTC).isoformat(),
-    }
-
-
-PHASE4_ATTR = "phase4_worker"  # long-run study user attrs: who runs phases 3 and 4,
-PHASE4_SINCE_ATTR = "phase4_since"  # its last sign of life (``phase4_heartbeat``),
-PHASE4_DONE_ATTR = "phase4_done"  # and whether they finished
-
-
-def _own_phase4(study: optuna.Study) -> None:
-    study.set_user_attr(PHASE4_SINCE_ATTR, time.time())
-    study.set_user_attr(PHASE4_ATTR, worker_id())
-
-
-def claim_phase4(study: optuna.Study, hb: Heartbeat) -> str | None:
-    """Take phases 3 and 4 unless another live worker has them; returns that worker's id,
-    or None when this process now owns them. Another host's claim lapses after the grace
-    period without a beat of ``phase4_heartbeat`` (Optuna has no heartbeat for a study)."""
-    owner = study.user_attrs.get(PHASE4_ATTR)
-    since = study.user_attrs.get(PHASE4_SINCE_ATTR)
-    if owner and owner != worker_id() and not is_gone(owner, since, hb.grace_s):
-        return owner
-    _own_phase4(study)
-    return None
-
-
-def phase4_heartbeat(study: optuna.Study, hb: Heartbeat):
-    """While phases 3 and 4 run: renew the claim every heartbeat interval."""
-    return beating(lambda: study.set_user_attr(PHASE4_SINCE_ATTR, time.time()), hb.interval_s,
-                   "phases 3-4")
-
-
-def release_phase4(study: optuna.Study, done: bool = False) -> None:
-    """Give phases 3 and 4 up; ``done``: they finished (workers waiting for them leave)."""
-    if done:
-        study.set_user_attr(PHASE4_DONE_ATTR, True)
-    study.set_user_attr(PHASE4_ATTR, None)
 
 
 def _other_owner(study: optuna.Study, hb: Heartbeat) -> bool:
@@ -338,7 +268,7 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
                     summary["early_stop"]["seconds_saved_estimate"])
     ctx.session.write_json("checkpoints/early_stop.json", summary["early_stop"])
     trial.set_user_attr("summary", summary)
-    _own_phase4(study)  # before the trial completes: no window with no owner
+    own_phase4(study)  # before the trial completes: no window with no owner
     ctx.session.write_json("checkpoints/long_run_summary.json", summary)
     return best["val_loss"]
 
@@ -406,7 +336,7 @@ def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metr
                                      "overfit_gap")}
     basic["val_module_loss"] = metrics["val_module_loss"]
     save_checkpoint(root, epoch, engine.model, spec, basic, ema,
-                    CHECKPOINT_DTYPES[cfg.checkpoint_dtype or "fp32"])
+                    cfg.narrowed_dtype)
     if epoch not in checkpoints:
         checkpoints.append(epoch)
     session.write_json(f"checkpoints/metrics_epoch_{epoch:03d}.json",
@@ -415,6 +345,4 @@ def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metr
                        progress_report(epoch, cfg.epochs, checkpoints, history))
 
 
-__all__ = ["PHASE4_ATTR", "PHASE4_DONE_ATTR", "LongRunConfig", "claim_phase4", "detailed_metrics",
-           "follow_long_run", "phase4_heartbeat", "progress_report", "release_phase4",
-           "run_long_run"]
+__all__ = ["CHECKPOINT_DTYPES", "LongRunConfig", "follow_long_run", "run_long_run"]

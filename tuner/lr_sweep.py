@@ -18,6 +18,7 @@ import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from model.setting import setting
 from model.training import TrainConfig, build_engine, evaluate, run_epoch, steps_per_epoch
 from storage import crash_point, json_safe
 from storage.studies import name_metrics
@@ -50,6 +51,18 @@ PRESET_GRIDS: dict[str, tuple[float, ...]] = {
 PRESET_GRIDS["ngram-tiny"] = PRESET_GRIDS["ngram"]  # the same model at toy size
 
 
+def _fmt_grid(grid: tuple[float, ...]) -> str:
+    return ",".join(f"{x:g}" for x in grid)
+
+
+def parse_lr_grid(text: str) -> tuple[float, ...]:
+    """``--lr-grid`` text ("1e-3,2e-3") as LRs."""
+    try:
+        return tuple(float(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--lr-grid must be comma-separated numbers, got {text!r}") from None
+
+
 def default_grid(preset: str | None) -> tuple[float, ...]:
     """The LR grid of a preset; the strategy's grid for a user's own model (``preset=None``)."""
     return STRATEGY_GRID if preset is None else PRESET_GRIDS.get(preset, STRATEGY_GRID)
@@ -57,9 +70,17 @@ def default_grid(preset: str | None) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    lr_grid: tuple[float, ...] | None = None  # None: the preset's (``default_grid``)
-    epochs: int = 5
-    extend_grid: int = 2  # points added beyond an edge optimum, one at a time
+    lr_grid: tuple[float, ...] | None = setting(
+        None, flag="--lr-grid", group="training", parse=parse_lr_grid, metavar="LR,LR,...",
+        help="comma-separated LRs of the sweep", default_text="the preset's five: " + "; ".join(
+            f"{k}: {_fmt_grid(v)}" for k, v in PRESET_GRIDS.items()) + f"; for a --model: "
+            f"{_fmt_grid(STRATEGY_GRID)}")
+    epochs: int = setting(5, flag="--sweep-epochs", group="training", type=int,
+                          help="epochs per LR")
+    extend_grid: int = setting(
+        2, flag="--extend-grid", group="training", type=int,
+        help="when the selected LR is the largest or smallest tried, add up to N more points "
+             "beyond that edge, one at a time (0 = never)")
     divergence_factor: float = 1.5
     prune_margin: float = 0.1
     prune_warmup: int = 2

@@ -21,14 +21,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from model import ByteTokenizer, GroupSpec
+from model.data import EncodedData, batch_indices
 from model.hf import HFTokenizer
 from model.plugin import build
-from model.training import EncodedData, batch_indices
-from storage import read_json
-from storage.datasets import TaskField
+from storage import TaskField, read_json
 
+from .factory import make_tokenizer, model_max_length
 from .final import FINAL_MODEL, load_final_model
-from .pipeline import make_tokenizer, model_max_length
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from model import ByteTokenizer
 from model.hf import is_hf
@@ -15,6 +15,7 @@ from storage import Dataset, Session, load_embedded, load_file, read_json
 
 from .config import PipelineConfig
 from .data_quality import ks_statistic, remove_leakage, remove_near_duplicates, stratified_split
+from .factory import make_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -137,4 +138,26 @@ def log_truncation(dataset: Dataset, tokenizer) -> None:
                     len(over), len(long), limit, unit, max(over), unit)
 
 
-__all__ = ["load_data", "log_truncation", "prepare_data"]
+
+
+def phase0(dataset: Dataset, cfg: PipelineConfig, session: Session, max_length: int,
+           evidence: dict[str, dict]) -> tuple[dict[str, list[dict]], object, dict]:
+    """Phase 0: the split (``prepare_data``), the tokenizer, the encoded train and val
+    splits, and the data summary; ``evidence`` (file name -> payload) is written after the
+    input checks pass. Returns (splits, tokenizer, {"train": ..., "val": ...})."""
+    splits = prepare_data(dataset, cfg, session)
+    for name, payload in evidence.items():
+        session.write_json(name, payload)
+    tokenizer = make_tokenizer(cfg.model, max_length)
+    encoded = {k: dataset.encode(splits[k], tokenizer) for k in ("train", "val")}
+    log_truncation(dataset, tokenizer)
+    session.write_json("preprocessing/data_summary.json", {
+        "source": dataset.source, "rows_available": dataset.total_rows,
+        "rows_sampled": len(dataset.records),
+        "split": {k: len(v) for k, v in splits.items()},
+        "tasks": [asdict(f) | {"classes": list(f.classes)} for f in dataset.fields],
+    })
+    return splits, tokenizer, encoded
+
+
+__all__ = ["load_data", "log_truncation", "phase0", "prepare_data"]

@@ -29,9 +29,9 @@ import optuna
 from storage import Session, read_json
 from storage.studies import default_storage_url
 
+from .claims import PHASE4_ATTR, PHASE4_DONE_ATTR
 from .config import PipelineConfig
 from .dashboard import ARTIFACT_DIR
-from .long_run import PHASE4_ATTR, PHASE4_DONE_ATTR
 from .pipeline import run
 from .settings import FORMAT_VERSION, SETTINGS_ATTR, SETTINGS_FILE, IncompatibleSession, fingerprint
 

@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from model.setting import setting
+
 from .monitor import VAL_LOSS, Monitor
 
 CRITERIA = ("gap-rise", "gl", "pq", "up")
@@ -43,7 +45,11 @@ class OverfitConfig:
     # GL decides by default: the strategy's gap rule also fires while val loss still improves
     # (the gap grows from negative, dropout-inflated train loss, toward zero); on the
     # default run it fired at epoch 24 while val loss kept falling to epoch 57.
-    decide_by: str = "gl"
+    decide_by: str = setting(
+        "gl", flag="--overfit-criterion", group="training", choices=CRITERIA,
+        renamed_values={"seed": "gap-rise"},
+        help="which overfitting criterion bounds the sweet spots (all are reported; 'seed' is "
+             "the old name of 'gap-rise')")
     rises: int = 3
     gl_alpha: float = 5.0
     pq_alpha: float = 2.0

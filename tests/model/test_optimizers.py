@@ -12,8 +12,8 @@ import torch
 from model import PRESETS, ByteTokenizer, build_model
 from model.optimizers import available, build_optimizer, check_choice, join_state, split_state
 from model.training import EncodedData, TrainConfig, build_engine, run_epoch, steps_per_epoch
+from storage import load_embedded
 from storage.checkpoints import read_resume, save_resume
-from storage.datasets import load_embedded
 
 needs_torchao = pytest.mark.skipif(not available("adamw8bit"),
                                    reason="torchao is not installed (pip install -e '.[gpu]')")

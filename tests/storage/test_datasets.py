@@ -115,16 +115,16 @@ def test_a_missing_file_is_a_data_error(tmp_path):
 def test_a_damaged_corpus_cache_is_rebuilt(tmp_path, monkeypatch):
     import kaomoji_dataset
 
-    from storage import datasets
+    from storage import corpus
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    cache = datasets._cache_path(kaomoji_dataset.__version__)
+    cache = corpus.cache_path(kaomoji_dataset.__version__)
     cache.parent.mkdir(parents=True)
     cache.write_text("{ not json")
-    datasets._embedded_rows.cache_clear()
+    corpus.embedded_rows.cache_clear()
     try:
-        rows = datasets._embedded_rows()
+        rows = corpus.embedded_rows()
     finally:
-        datasets._embedded_rows.cache_clear()
+        corpus.embedded_rows.cache_clear()
     assert len(rows) == 66_786
     assert len(json.loads(cache.read_text(encoding="utf-8"))) == 66_786

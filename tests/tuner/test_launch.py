@@ -1,5 +1,5 @@
 """Reading a torchrun launch from the environment (pure; the 2-process runs are in
-tests/test_distributed.py)."""
+tests/e2e/test_distributed.py)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from tuner.lr_sweep import SweepConfig
 from tuner.pipeline import PipelineConfig
 from tuner.settings import FORMAT_VERSION
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -31,8 +31,9 @@ def test_help_quotes_the_dataclass_defaults():
     text = " ".join(run_study.build_parser().format_help().split())  # argparse wraps lines
     assert f"maximum epochs (the strategy's) (default: {LongRunConfig().epochs})" in text
     assert f"epochs per LR (default: {SweepConfig().epochs})" in text
-    assert f"--batch-size BATCH_SIZE (default: {TrainConfig().batch_size})" in text
-    assert f"seeded sample size (default: {PipelineConfig().max_samples})" in text
+    assert f"--batch-size BATCH_SIZE rows per micro-batch (default: {TrainConfig().batch_size})" in text
+    assert (f"seeded sample size; of the train file for a folder of splits (default: "
+            f"{PipelineConfig().max_samples})") in text
     assert "(default: None)" not in text
 
 

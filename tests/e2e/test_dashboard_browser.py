@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from _runs import STUDY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from model.training import evaluate
 from storage import load_embedded
 from tuner.final import load_final_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

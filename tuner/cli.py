@@ -1,0 +1,178 @@
+"""The command line, derived from the settings' one declaration (``model.setting``).
+
+Every flag of ``run_study.py`` that sets a config field is built from that field: its
+flag names, help, type and choices come from the field's ``Setting``, its default from the
+dataclass, and a TOML ``--config`` takes the same names. Flags default to None, so a flag
+left unset keeps the dataclass default (or the ``--smoke`` size)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from model.setting import GROUPS, SETTING, Setting
+
+from .config import PipelineConfig
+
+# --smoke: every phase at toy size (applies where a flag was not given explicitly).
+SMOKE: dict[str, Any] = {"preset": "ngram-tiny", "max_samples": 400, "sweep.epochs": 2,
+                         "long_run.epochs": 4, "long_run.checkpoint_every": 2,
+                         "crossover_trials": 4}
+# Flags that are not settings of the run: how to read the settings, and how to show it.
+_OWN = ("config", "smoke", "log_level", "debug")
+
+
+def declared(cls: type = PipelineConfig, prefix: str = "") -> Iterator[tuple[str, Any, Setting]]:
+    """(dotted field path, dataclass field, Setting) of every field that has a flag, in
+    declaration order, nested configs in place."""
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if SETTING in f.metadata:
+            yield path, f, f.metadata[SETTING]
+        elif f.init and dataclasses.is_dataclass(f.default_factory):
+            yield from declared(f.default_factory, f"{path}.")
+
+
+def _dest(path: str) -> str:
+    return path.replace(".", "__")
+
+
+def _default(f: Any) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _shown(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def _help(f: Any, s: Setting) -> str:
+    if s.default_text is not None:
+        return f"{s.help} (default: {s.default_text})"
+    if s.switch is not None or _default(f) in (None, ()):
+        return s.help
+    return f"{s.help} (default: {_shown(_default(f))})"
+
+
+def _flag_of(path: str) -> str:
+    return next(s.flags[0] for p, _, s in declared() if p == path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``run_study.py``'s parser: one flag per declared setting, plus --config, --smoke,
+    --log-level and --debug."""
+    p = argparse.ArgumentParser(
+        prog="run_study.py",
+        description="Run the Red Heart training strategy with Optuna: data quality, LR sweep, "
+                    "long run with modular checkpoints, sweet spots and crossover. Rerun the "
+                    "same command to resume.")
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    groups["study"].add_argument("--config", help="TOML file of settings (flag names); flags win")
+    smoke = " ".join(f"{_flag_of(k)} {v}" for k, v in SMOKE.items())
+    groups["study"].add_argument("--smoke", action="store_true",
+                                 help=f"toy-size run of every phase: {smoke}")
+    for path, f, s in declared():
+        kw: dict[str, Any] = {"dest": _dest(path), "default": None, "help": _help(f, s)}
+        if s.switch is not None:
+            kw.update(action="store_const", const=s.switch)
+        else:
+            if s.repeat:
+                kw["action"] = "append"
+            if s.type is not None:
+                kw["type"] = s.type
+            if s.choices is not None:
+                kw["choices"] = (*s.choices, *s.renamed_values)
+            if s.metavar is not None or s.choices is None:
+                kw["metavar"] = s.metavar or s.flags[0].removeprefix("--").replace("-", "_").upper()
+        groups[s.group].add_argument(*s.flags, **kw)
+    groups["output"].add_argument("--log-level", default="INFO",
+                                  help="DEBUG also shows Optuna's per-trial lines")
+    groups["output"].add_argument("--debug", action="store_true",
+                                  help="show tracebacks of input errors")
+    return p
+
+
+def _toml_names() -> dict[str, str]:
+    """TOML key -> parser dest: every flag name and older spelling (dashes or
+    underscores), and the top-level field names older config files used."""
+    names = {k: k for k in _OWN}
+    for path, _, s in declared():
+        for flag in s.flags:
+            names[flag.removeprefix("--").replace("-", "_")] = _dest(path)
+        if "." not in path:
+            names[path] = _dest(path)
+    return names
+
+
+def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
+    """TOML keys are flag names (dashes or underscores); they become the parser's defaults
+    (a switch's key takes true to mean the flag is given)."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the config file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    names, settings = _toml_names(), {_dest(p): s for p, _, s in declared()}
+    defaults = {}
+    for key, value in data.items():
+        dest = names.get(key.replace("-", "_"))
+        if dest is None or dest == "config":
+            raise ValueError(f"{path}: unknown setting {key!r}; expected a run_study.py flag name")
+        s = settings.get(dest)
+        if s is not None and s.switch is not None:
+            value = s.switch if value else None
+        elif s is not None and s.parse is not None and isinstance(value, list) and not s.repeat:
+            value = ",".join(str(v) for v in value)
+        defaults[dest] = value
+    parser.set_defaults(**defaults)
+
+
+def _renamed(path: str, s: Setting, value: Any) -> Any:
+    if isinstance(value, str) and value in s.renamed_values:
+        new = s.renamed_values[value]
+        warnings.warn(f"{s.flags[0]} {value} is deprecated: use {s.flags[0]} {new}",
+                      FutureWarning, stacklevel=3)
+        return new
+    return value
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The config from the parsed flags: a flag left unset keeps the dataclass default (or
+    the --smoke size)."""
+    smoke = SMOKE if args.smoke else {}
+    given: dict[str, Any] = {}
+    for path, _, s in declared():
+        value = getattr(args, _dest(path))
+        value = value if value is not None else smoke.get(path)
+        if value is None:
+            continue
+        if s.parse is not None:
+            value = tuple(s.parse(v) for v in value) if s.repeat else s.parse(value)
+        given[path] = _renamed(path, s, value)
+    data = given.get("data")
+    if data is not None and Path(data).is_dir():
+        for path in ("val_ratio", "test_ratio"):
+            if getattr(args, _dest(path)) is not None:
+                raise ValueError(f"{_flag_of(path)}: the data folder {data} gives its own "
+                                 "splits (train/validation/test files); drop the flag")
+    return _build(PipelineConfig, given)
+
+
+def _build(cls: type, given: dict[str, Any], prefix: str = "") -> Any:
+    kw = {}
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if path in given:
+            kw[f.name] = given[path]
+        elif f.init and dataclasses.is_dataclass(f.default_factory) and any(
+                k.startswith(f"{path}.") for k in given):
+            kw[f.name] = _build(f.default_factory, given, f"{path}.")
+    return cls(**kw)
+
+
+__all__ = ["SMOKE", "apply_config_file", "build_parser", "config_from_args", "declared"]
