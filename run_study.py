@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import json
 import logging
 import os
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,10 +117,11 @@ def predict_main(argv: list[str]) -> int:
     except (ValueError, OSError) as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{len(rows)} predictions written to {args.output}", file=sys.stderr)
-    return 0
+        message = f"error: {e}"
+    else:
+        print(f"{len(rows)} predictions written to {args.output}", file=sys.stderr)
+        return 0
+    return _exit_with(2, message)
 
 
 def parse_config(argv: list[str]) -> PipelineConfig:
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             apply_config_file(parser, first.config)
         args = parser.parse_args(argv)
         _setup_logging(args.log_level)
+        if not args.debug:
+            threading.excepthook = _thread_error_in_one_line
         cfg = config_from_args(args)
         follower = launch_from_env() is not None and int(os.environ["RANK"]) > 0
         if follower:  # a torchrun rank > 0: rank 0 shows the run
@@ -156,23 +161,41 @@ def main(argv: list[str] | None = None) -> int:
         if follower:
             end_follower(0)  # never returns: see tuner.distributed.end_follower for why
         _print_summary(cfg)
+        return 0
     except (ValueError, OSError) as e:
         # Errors a user can cause: a message and a non-zero exit, not a traceback.
         if first.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        code, message = 2, f"error: {e}"
     except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+        code, message = 130, "\ninterrupted: rerun the same command to resume"
     except Exception as e:
         if not _disk_full(e) or first.debug:
             raise
         where = mask_url(storage_url(cfg)) if cfg is not None else "the storage"
-        print(f"error: the Optuna storage {where} ran out of disk space: "
-              "free some space, then rerun the same command to resume", file=sys.stderr)
-        return 2
-    return 0
+        code, message = 2, (f"error: the Optuna storage {where} ran out of disk space: "
+                            "free some space, then rerun the same command to resume")
+    return _exit_with(code, message)
+
+
+def _thread_error_in_one_line(args: threading.ExceptHookArgs) -> None:
+    """A background thread that dies (Optuna's heartbeat thread on a full disk or a lost
+    database) is reported in one log line, not a traceback; the main thread meets the
+    same error at its next storage call and exits with its own line."""
+    what = str(args.exc_value).strip().splitlines()[0] if str(args.exc_value).strip() else ""
+    logger.warning("background thread %s stopped: %s%s",
+                   args.thread.name if args.thread else "?", args.exc_type.__name__,
+                   f": {what}" if what else "")
+
+
+def _exit_with(code: int, message: str) -> int:
+    """Print the one line an error exit shows, after the progress bars the error left
+    open: they close when the frames of its traceback go, and a bar closed after the
+    line would redraw itself under it."""
+    gc.collect()
+    sys.stderr.flush()
+    print(message, file=sys.stderr, flush=True)
+    return code
 
 
 def _disk_full(e: BaseException) -> bool:

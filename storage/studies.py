@@ -80,6 +80,12 @@ def _open_sqlite(url: str, database: str | None, engine_kwargs: dict,
     raise AssertionError("unreachable")
 
 
+# SQLAlchemy backends Optuna's RDBStorage supports, and how their URLs look.
+_BACKENDS = ("sqlite", "postgresql", "mysql")
+SCHEMES = ("sqlite:///path/to/file.db", "postgresql+psycopg://user:password@host/db",
+           "mysql+pymysql://user:password@host/db", f"{JOURNAL_PREFIX}path/to/file.log")
+
+
 def create_storage(url: str, heartbeat_interval: int | None = None,
                    grace_period: int | None = None) -> BaseStorage:
     """Open (creating if needed) the storage at ``url``.
@@ -100,6 +106,9 @@ def create_storage(url: str, heartbeat_interval: int | None = None,
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         parsed = make_url(url)
+        if parsed.get_backend_name() not in _BACKENDS:
+            raise ValueError(f"storage {shown}: unknown scheme {parsed.drivername!r}; the "
+                             f"storages that work: {', '.join(SCHEMES)}")
         engine_kwargs: dict = {}
         if parsed.get_backend_name() != "sqlite":
             engine_kwargs["pool_pre_ping"] = True

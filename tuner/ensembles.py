@@ -140,8 +140,9 @@ def greedy_soup(order: Sequence[int], load: Callable[[int], State],
 # ----------------------------------------------------------------------------- predictions
 
 @torch.no_grad()
-def predict(model: nn.Module, data: EncodedData, batch_size: int = 256,
-            device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def split_outputs(model: nn.Module, data: EncodedData, batch_size: int = 256,
+                  device: str | torch.device = "cpu",
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The fused outputs and the targets of every row of ``data`` in order.
 
     Returns (outputs, targets): task -> (N, C) float32 on the CPU.
@@ -210,7 +211,7 @@ def ensemble_predictions(model: nn.Module, states: Iterable[Mapping[str, torch.T
     for state in states:
         model.load_state_dict(state, strict=True)
         for name, data in datasets.items():
-            preds, targets[name] = predict(model, data, device=device)
+            preds, targets[name] = split_outputs(model, data, device=device)
             members[name].append(preds)
     return {name: (combine_predictions(members[name], tasks), targets[name]) for name in datasets}
 
@@ -225,4 +226,4 @@ def evaluate_ensemble(model: nn.Module, states: Iterable[Mapping[str, torch.Tens
 
 __all__ = ["VARIANT_OFFSETS", "average_states", "combine_predictions", "ensemble_predictions",
            "evaluate_ensemble",
-           "greedy_soup", "greedy_soup_order", "predict", "prediction_metrics", "variant_recipes"]
+           "greedy_soup", "greedy_soup_order", "prediction_metrics", "split_outputs", "variant_recipes"]

@@ -36,8 +36,8 @@ from .ensembles import (
     ensemble_predictions,
     greedy_soup,
     greedy_soup_order,
-    predict,
     prediction_metrics,
+    split_outputs,
     variant_recipes,
 )
 from .monitor import VAL_LOSS, Monitor
@@ -63,7 +63,8 @@ class Candidate:
     how: dict[str, Any]
     state: Callable[[], State] | None = None
     members: Callable[[], Iterable[State]] | None = None
-    _cache: State | None = field(default=None, repr=False, init=False)
+    # The best single model's exact weights, kept in memory for the final file.
+    kept_state: State | None = field(default=None, repr=False, init=False)
 
     def __post_init__(self) -> None:
         if (self.state is None) == (self.members is None):
@@ -165,7 +166,7 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
             model.load_state_dict(state, strict=True)
             metrics = {k: evaluate(model, d, tasks, device=device) for k, d in splits.items()}
             if "test" in splits:
-                test_guess[cand.name] = predict(model, test, device=device)[0][primary.name]
+                test_guess[cand.name] = split_outputs(model, test, device=device)[0][primary.name]
         else:
             out = ensemble_predictions(model, cand.members(), splits, tasks, device)
             metrics = {k: prediction_metrics(p, t, tasks) for k, (p, t) in out.items()}
@@ -177,8 +178,8 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
             # Keep the best single model's exact weights for the final file; drop the rest
             # (one model's weights in memory, not eight).
             for other in candidates:
-                other._cache = None
-            cand._cache = state
+                other.kept_state = None
+            cand.kept_state = state
         _log_row(rows[-1])
     for name, (how, preds) in (references or {}).items():
         metrics = {k: prediction_metrics(preds[k], d.targets, tasks) for k, d in splits.items()}
@@ -229,7 +230,7 @@ def write_final_model(session: Session, table: Sequence[dict],
     final/optimal_crossover_model.safetensors + final/recipe.json."""
     best = _best_single(table, monitor, primary)
     cand = next(c for c in candidates if c.name == best["candidate"])
-    state = cand._cache if cand._cache is not None else cand.state()
+    state = cand.kept_state if cand.kept_state is not None else cand.state()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write_bytes(session.path(FINAL_MODEL), st_save(tensors))
     recipe = {"method": best["candidate"], **cand.how,

@@ -33,7 +33,13 @@ from .claims import PHASE4_ATTR, PHASE4_DONE_ATTR
 from .config import PipelineConfig
 from .dashboard import ARTIFACT_DIR
 from .pipeline import run
-from .settings import FORMAT_VERSION, SETTINGS_ATTR, SETTINGS_FILE, IncompatibleSession, fingerprint
+from .settings import (
+    FORMAT_VERSION,
+    SETTINGS_FILE,
+    IncompatibleSession,
+    fingerprint,
+    record_study_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +115,7 @@ def replay(cfg: PipelineConfig, backup_dir: str | Path, **changes: Any) -> dict[
         optuna.delete_study(study_name=f"{cfg.study}-crossover", storage=storage)
     for suffix in ("lr-sweep", "long-run"):
         study = optuna.load_study(study_name=f"{cfg.study}-{suffix}", storage=storage)
-        study.set_user_attr(SETTINGS_ATTR, settings)
+        record_study_settings(study, settings)
     long_run = optuna.load_study(study_name=f"{cfg.study}-long-run", storage=storage)
     long_run.set_user_attr(PHASE4_DONE_ATTR, False)
     long_run.set_user_attr(PHASE4_ATTR, None)

@@ -143,12 +143,50 @@ def check_settings(session: Session, cfg: PipelineConfig) -> dict[str, Any]:
     return old
 
 
+def _attr_group(key: str, groups: dict[str, str]) -> str:
+    # Nested configs and digests by their section ("train.seed" -> train, "data.sha256" ->
+    # data); top-level settings by their --help group.
+    head, dot, _ = key.partition(".")
+    if dot:
+        return "model" if head == "groups" else head
+    return groups.get(key, "study")
+
+
+def record_study_settings(study: Any, settings: dict[str, Any]) -> None:
+    """Record ``settings`` in a study's user attrs, one attr per group of settings
+    (``settings.data``, ``settings.train``, ...) and ``settings.format_version``, so the
+    dashboard shows them as short readable values rather than one long line."""
+    from .cli import declared  # the --help groups of the top-level settings
+
+    groups = {path: s.group for path, _, s in declared() if "." not in path}
+    parts: dict[str, dict[str, Any]] = {}
+    for key, value in sorted(settings["settings"].items()):
+        parts.setdefault(_attr_group(key, groups), {})[key] = value
+    study.set_user_attr(f"{SETTINGS_ATTR}.format_version", settings["format_version"])
+    for group, values in parts.items():
+        study.set_user_attr(f"{SETTINGS_ATTR}.{group}", values)
+
+
+def study_settings(study: Any) -> dict[str, Any] | None:
+    """What ``record_study_settings`` recorded (or the single ``settings`` attr of studies
+    recorded before it), as {"format_version", "settings"}; None when nothing is."""
+    attrs = study.user_attrs
+    prefix = f"{SETTINGS_ATTR}."
+    if f"{prefix}format_version" in attrs:
+        flat: dict[str, Any] = {}
+        for key, value in attrs.items():
+            if key.startswith(prefix) and key != f"{prefix}format_version":
+                flat.update(value)
+        return {"format_version": attrs[f"{prefix}format_version"], "settings": flat}
+    return attrs.get(SETTINGS_ATTR)
+
+
 def check_study_settings(study: Any, settings: dict[str, Any]) -> None:
     """The same check against what an Optuna study records (workers on other machines
     have their own session folders but share the study); records it on first use."""
-    old = study.user_attrs.get(SETTINGS_ATTR)
+    old = study_settings(study)
     if old is None:
-        study.set_user_attr(SETTINGS_ATTR, settings)
+        record_study_settings(study, settings)
         return
     if old.get("format_version") != settings["format_version"]:
         raise IncompatibleSession(
@@ -162,4 +200,5 @@ def check_study_settings(study: Any, settings: dict[str, Any]) -> None:
 
 
 __all__ = ["FORMAT_VERSION", "MAY_CHANGE", "IncompatibleSession", "SettingsChanged",
-           "check_settings", "check_study_settings", "fingerprint", "settings_diff"]
+           "check_settings", "check_study_settings", "fingerprint", "record_study_settings",
+           "settings_diff", "study_settings"]

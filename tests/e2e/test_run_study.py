@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
-from optuna_dashboard._note import get_note_from_system_attrs
+from optuna_dashboard import get_note
 
 from model import ByteTokenizer, build_model
 from model.training import evaluate
@@ -20,6 +20,13 @@ from tuner.final import load_final_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+
+def _system_attrs(url: str, study_name: str) -> dict:
+    """A study's system attrs through the storage's public API (the dashboard keeps its
+    figures there)."""
+    storage = optuna.storages.RDBStorage(url)
+    return storage.get_study_system_attrs(storage.get_study_id_from_name(study_name))
 
 def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "run_study.py"), "--no-progress", *args],
@@ -62,8 +69,7 @@ def test_smoke_run_on_the_embedded_corpus_writes_its_evidence(tmp_path):
     assert names == {"s-lr-sweep", "s-long-run", "s-crossover"}
     sweep = optuna.load_study(study_name="s-lr-sweep", storage=storage)
     assert sweep.user_attrs["selection"]["selected_lr"] == report["selected_lr"]
-    attrs = sweep._storage.get_study_system_attrs(sweep._study_id)
-    note = get_note_from_system_attrs(attrs, None)["body"]
+    note = get_note(sweep)
     assert note.startswith("# LR selection") and "Selected LR" in note
     _check_phase4(session, storage)
     # A rerun finds everything done: no trial is run again.
@@ -155,8 +161,8 @@ def _check_report_and_dashboard(session: Path, storage: str, results: dict) -> N
             with store.open_reader(m.artifact_id) as fh:
                 assert hashlib.sha256(fh.read()).hexdigest() == study.user_attrs["artifacts"][
                     m.filename]["sha256"]
-        attrs = study._storage.get_study_system_attrs(study._study_id)
-        assert get_note_from_system_attrs(attrs, None)["body"]
+        assert get_note(study)
+        attrs = _system_attrs(storage, name)
         figures = any(k.startswith("dashboard:plot_data:") for k in attrs)
         # Plotly figures only where the report has no picture of it (the LR scores, Optuna's
         # optimization history); the learning curves are the report's PNG artifacts.
@@ -258,8 +264,7 @@ def test_an_edge_optimum_extends_the_grid_and_the_report_says_so(tmp_path):
     assert "still on the edge after 2 extension point(s)" in grid["message"]
     storage = f"sqlite:///{tmp_path}/g.db"
     sweep = optuna.load_study(study_name="g-lr-sweep", storage=storage)
-    note = get_note_from_system_attrs(sweep._storage.get_study_system_attrs(sweep._study_id),
-                                      None)["body"]
+    note = get_note(sweep)
     assert grid["message"] in note
     # A rerun re-derives the same extension from the study and runs nothing again.
     assert _run(*args).returncode == 0

@@ -22,8 +22,9 @@ from tuner.settings import FORMAT_VERSION
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run_study.py"), "--no-progress", *args],
+def _run(*args: str, progress: bool = False) -> subprocess.CompletedProcess:
+    flags = [] if progress else ["--no-progress"]
+    return subprocess.run([sys.executable, str(ROOT / "run_study.py"), *flags, *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -107,17 +108,38 @@ def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A real 12 MB tmpfs (root and mount(8) needed; skipped where the machine refuses)."""
+def _tmpfs(tmp_path: Path, size: str):
+    """A real tmpfs of ``size`` (root and mount(8) needed; skipped where the machine refuses)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)],
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
     yield mount
     subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """12 MB: room for the sweep, not for the long run's checkpoints."""
+    yield from _tmpfs(tmp_path, "12m")
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """600 KB: the SQLite storage fills up during the LR sweep, while its bar is drawn."""
+    yield from _tmpfs(tmp_path, "600k")
+
+
+@pytest.mark.slow
+def test_an_error_exit_closes_the_progress_bars_before_its_one_line(tiny_disk):
+    out = _run("--smoke", "--backup-dir", str(tiny_disk), "--study", "s", progress=True)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert any(line.startswith("LR sweep:") for line in lines)  # the bar was drawn ...
+    assert lines[-1].startswith("error: the Optuna storage") and "Traceback" not in out.stderr
+    assert "ran out of disk space" in lines[-1]  # ... and closed before the error line
 
 
 @pytest.mark.slow

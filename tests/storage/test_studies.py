@@ -105,3 +105,11 @@ def test_two_processes_creating_the_same_new_sqlite_file_both_open_it(tmp_path):
                                   cwd=root, stderr=subprocess.PIPE, text=True) for _ in range(2)]
         errs = [p.communicate(timeout=60)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], errs
+
+
+def test_an_unknown_storage_scheme_names_the_schemes_that_work():
+    with pytest.raises(ValueError) as e:
+        create_storage("foo://somewhere/x")
+    assert "storage foo://somewhere/x: unknown scheme 'foo'" in str(e.value)
+    assert "sqlite:///" in str(e.value) and "postgresql+psycopg://" in str(e.value)
+    assert "journal:///" in str(e.value)

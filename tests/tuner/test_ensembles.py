@@ -13,8 +13,8 @@ from tuner.ensembles import (
     evaluate_ensemble,
     greedy_soup,
     greedy_soup_order,
-    predict,
     prediction_metrics,
+    split_outputs,
     variant_recipes,
 )
 
@@ -81,7 +81,7 @@ def test_a_one_member_ensemble_matches_evaluate(embedded_small):
     torch.manual_seed(0)
     model = build_model("tiny", ds.tasks)
     reference = evaluate(model, data, ds.tasks)
-    preds, targets = predict(model, data)
+    preds, targets = split_outputs(model, data)
     assert preds["emotion"].shape == (len(data), 51) and targets["intent"].shape == (len(data), 75)
     got = prediction_metrics(combine_predictions([preds], ds.tasks), targets, ds.tasks)
     assert got["acc"] == reference["acc"]
@@ -99,9 +99,9 @@ def test_an_ensemble_averages_probabilities_not_logits(embedded_small):
     second = build_model("tiny", ds.tasks).state_dict()
     out = evaluate_ensemble(model, [first, second], {"val": data}, ds.tasks)["val"]
     model.load_state_dict(first)
-    p1, targets = predict(model, data)
+    p1, targets = split_outputs(model, data)
     model.load_state_dict(second)
-    p2, _ = predict(model, data)
+    p2, _ = split_outputs(model, data)
     probs = (p1["emotion"].softmax(-1) + p2["emotion"].softmax(-1)) / 2
     expected_acc = float((probs.argmax(-1) == targets["emotion"]).double().mean())
     assert out["acc"] == pytest.approx(expected_acc)

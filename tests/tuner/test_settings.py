@@ -1,10 +1,23 @@
-"""Which setting differences refuse a resume: pure comparisons of recorded fingerprints."""
+"""Which setting differences refuse a resume (pure comparisons of recorded fingerprints),
+and how a study records its settings."""
 
 from __future__ import annotations
 
+import optuna
+import pytest
+
 from model.training import TrainConfig
 from tuner.config import PipelineConfig
-from tuner.settings import MAY_CHANGE, fingerprint, settings_diff
+from tuner.settings import (
+    FORMAT_VERSION,
+    MAY_CHANGE,
+    SettingsChanged,
+    check_study_settings,
+    fingerprint,
+    record_study_settings,
+    settings_diff,
+    study_settings,
+)
 
 
 def test_a_changed_setting_is_a_difference_named_with_both_values():
@@ -38,3 +51,27 @@ def test_a_session_recorded_before_the_optimizer_setting_resumes_with_adamw_only
     assert settings_diff(old, new) == []
     eight = fingerprint(PipelineConfig(train=TrainConfig(optimizer="adamw8bit")))
     assert settings_diff(old, eight) == ["  train.optimizer: '<unset>' -> 'adamw8bit'"]
+
+
+def test_a_study_records_its_settings_one_short_attr_per_group_and_reads_them_back(tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    settings = {"format_version": FORMAT_VERSION, "settings": fingerprint(PipelineConfig())}
+    study = optuna.create_study(study_name="s", storage=storage)
+    record_study_settings(study, settings)
+    again = optuna.load_study(study_name="s", storage=storage)
+    groups = {k: v for k, v in again.user_attrs.items() if k.startswith("settings.")}
+    assert {"settings.data", "settings.model", "settings.train", "settings.sweep",
+            "settings.long_run", "settings.format_version"} <= set(groups)
+    assert max(len(v) for v in groups.values() if isinstance(v, dict)) <= 20  # readable
+    assert study_settings(again) == settings
+    check_study_settings(again, settings)  # the same settings: no error
+    other = {**settings, "settings": fingerprint(PipelineConfig(preset="tiny"))}
+    with pytest.raises(SettingsChanged, match="preset: 'ngram' -> 'tiny'"):
+        check_study_settings(again, other)
+
+
+def test_a_study_recorded_in_one_settings_attr_by_an_older_version_is_still_read(tmp_path):
+    old = {"format_version": FORMAT_VERSION, "settings": {"preset": "ngram"}}
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    study.set_user_attr("settings", old)
+    assert study_settings(study) == old
