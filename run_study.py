@@ -25,7 +25,7 @@ from pathlib import Path
 import optuna
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from storage import read_json
+from storage import StorageUnavailable, read_json
 from storage.studies import dashboard_command, mask_url
 from tuner.cli import SMOKE, apply_config_file, build_parser, config_from_args
 from tuner.config import PipelineConfig, parse_device, storage_url
@@ -170,10 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         code, message = 130, "\ninterrupted: rerun the same command to resume"
     except Exception as e:
-        if not _disk_full(e) or first.debug:
+        # Optuna's cleanup of a trial can itself fail on the storage error that ended the
+        # trial (an UnboundLocalError in its _run_trial): the cause is in the chain.
+        gone, full = _in_chain(e, StorageUnavailable), _disk_full(e)
+        if (gone is None and not full) or first.debug:
             raise
         where = mask_url(storage_url(cfg)) if cfg is not None else "the storage"
-        code, message = 2, (f"error: the Optuna storage {where} ran out of disk space: "
+        code, message = 2, (f"error: {gone}" if gone is not None else
+                            f"error: the Optuna storage {where} ran out of disk space: "
                             "free some space, then rerun the same command to resume")
     return _exit_with(code, message)
 
@@ -196,6 +200,16 @@ def _exit_with(code: int, message: str) -> int:
     sys.stderr.flush()
     print(message, file=sys.stderr, flush=True)
     return code
+
+
+def _in_chain(e: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type ``kind`` among ``e`` and what caused it."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, kind):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def _disk_full(e: BaseException) -> bool:

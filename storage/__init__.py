@@ -14,6 +14,7 @@ from .corpus import embedded_fields, load_embedded
 from .datasets import DataError, Dataset, TaskField
 from .faults import crash_point
 from .files import load_file, read_texts
+from .outage import StorageUnavailable
 from .session import (
     Session,
     atomic_write_bytes,
@@ -29,6 +30,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "Session",
+    "StorageUnavailable",
     "TaskField",
     "atomic_write_bytes",
     "crash_point",

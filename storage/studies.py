@@ -1,7 +1,9 @@
 """Optuna storages: SQLite by default, any SQLAlchemy URL, or a journal file.
 
 SQLite is opened in WAL mode with a lock timeout, so optuna-dashboard can read the
-file while a run writes it (the known "database is locked" complaint).
+file while a run writes it (the known "database is locked" complaint). A database
+server (PostgreSQL, MySQL) may go away for a while: its storage rides out an outage of
+up to ``patience_s`` (``storage.outage``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from .outage import DEFAULT_PATIENCE_S, Outage, PatientRDBStorage
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +57,15 @@ _SQLITE_ATTEMPTS = 6
 
 
 def _rdb(url: str, engine_kwargs: dict, heartbeat_interval: int | None,
-         grace_period: int | None) -> RDBStorage:
+         grace_period: int | None, patience_s: float | None = None) -> RDBStorage:
     with warnings.catch_warnings():  # heartbeat_interval is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                          grace_period=grace_period)
+        if patience_s is None:
+            return RDBStorage(url, engine_kwargs=engine_kwargs,
+                              heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        return PatientRDBStorage(url, Outage(mask_url(url), patience_s),
+                                 engine_kwargs=engine_kwargs,
+                                 heartbeat_interval=heartbeat_interval, grace_period=grace_period)
 
 
 def _open_sqlite(url: str, database: str | None, engine_kwargs: dict,
@@ -87,7 +95,8 @@ SCHEMES = ("sqlite:///path/to/file.db", "postgresql+psycopg://user:password@host
 
 
 def create_storage(url: str, heartbeat_interval: int | None = None,
-                   grace_period: int | None = None) -> BaseStorage:
+                   grace_period: int | None = None,
+                   patience_s: float | None = DEFAULT_PATIENCE_S) -> BaseStorage:
     """Open (creating if needed) the storage at ``url``.
 
     ``heartbeat_interval``/``grace_period`` (seconds) switch on Optuna's trial heartbeats
@@ -97,7 +106,9 @@ def create_storage(url: str, heartbeat_interval: int | None = None,
 
     ``sqlite:///path.db`` (WAL, 60 s lock timeout), ``postgresql+psycopg://...``, ``mysql+pymysql://...``
     (any SQLAlchemy URL), or ``journal:///path/to/file.log`` (Optuna's journal file).
-    Raises ValueError naming the (password-masked) URL when it cannot be opened.
+    A database server's storage retries what fails for a lost connection for up to
+    ``patience_s`` seconds (None: not at once). Raises ValueError naming the
+    (password-masked) URL when it cannot be opened.
     """
     shown = mask_url(url)
     try:
@@ -112,7 +123,7 @@ def create_storage(url: str, heartbeat_interval: int | None = None,
         engine_kwargs: dict = {}
         if parsed.get_backend_name() != "sqlite":
             engine_kwargs["pool_pre_ping"] = True
-            return _rdb(url, engine_kwargs, heartbeat_interval, grace_period)
+            return _rdb(url, engine_kwargs, heartbeat_interval, grace_period, patience_s)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
         return _open_sqlite(url, parsed.database, engine_kwargs, heartbeat_interval, grace_period)
     except (ArgumentError, ImportError, OSError, sqlite3.Error, optuna.exceptions.StorageInternalError) as e:

@@ -10,6 +10,7 @@ from model import PRESETS
 from model.hf import HF_LAYER_BLOCKS
 from model.setting import setting
 from model.training import TrainConfig
+from storage.outage import DEFAULT_PATIENCE_S
 from storage.studies import default_storage_url
 
 from ._workers import GRACE_FACTOR, HEARTBEAT_INTERVAL_S
@@ -56,6 +57,10 @@ class PipelineConfig:
         None, flag="--storage", group="study", default_text="sqlite:///<backup-dir>/<study>.db",
         help="Optuna storage URL (sqlite:///..., postgresql+psycopg://..., mysql+pymysql://..., "
              "journal:///file.log)")
+    storage_patience: float = setting(
+        DEFAULT_PATIENCE_S, flag="--storage-patience", group="study", type=float,
+        help="seconds a PostgreSQL/MySQL storage may be unreachable (a restart, a failover) "
+             "before the worker gives up and exits 2; a rerun resumes")
     data: str | None = setting(
         None, flag="--data-path", aliases=("--data",), group="data",
         default_text="the embedded kaomoji corpus",
@@ -192,6 +197,8 @@ class PipelineConfig:
             raise ValueError(f"test_ratio must be in [0, 1), got {self.test_ratio!r}")
         if self.stop_after not in range(5):
             raise ValueError(f"stop_after must be a phase 0-4, got {self.stop_after!r}")
+        if not self.storage_patience > 0:
+            raise ValueError(f"storage_patience must be > 0 s, got {self.storage_patience!r}")
         if self.heartbeat_interval < 1:
             raise ValueError(f"heartbeat_interval must be >= 1 s, got {self.heartbeat_interval!r}")
         if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:

@@ -68,7 +68,7 @@ def setup_run(cfg: PipelineConfig, launch: Launch | None) -> RunSetup:
     settings = check_settings(session, cfg)  # refuses a rerun with other settings
     url = storage_url(cfg)
     storage = create_storage(url, heartbeat_interval=cfg.heartbeat_interval,
-                             grace_period=cfg.grace_period)
+                             grace_period=cfg.grace_period, patience_s=cfg.storage_patience)
     heartbeat = Heartbeat(cfg.heartbeat_interval, cfg.grace_period,
                           by_storage=storage_heartbeats(storage))
     logger.info("session folder: %s; storage: %s", session.root, mask_url(url))

@@ -33,7 +33,8 @@ SETTINGS_ATTR = "settings"
 
 # Settings a rerun may change: they decide how much runs and what is shown, not results.
 MAY_CHANGE = ("crossover_trials", "stop_after", "train.progress", "wait", "heartbeat_interval",
-              "grace_period", "activation_checkpointing", "gpu_memory_gib", "train.ema_device")
+              "grace_period", "storage_patience", "activation_checkpointing", "gpu_memory_gib",
+              "train.ema_device")
 # Settings added since a session may have been recorded, with the value that session ran
 # with: absent from its record and at that value now is no difference.
 _ADDED = {"train.optimizer": "adamw"}

@@ -1,0 +1,152 @@
+"""A PostgreSQL server that goes away mid-run, on a cluster of its own (stopping it cannot
+disturb the storage tests beside it): an outage shorter than --storage-patience in each
+phase is ridden out to the unbroken result; a longer one ends the worker with exit 2 and
+one line, and the rerun resumes to the unbroken result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from _runs import command
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("storage-outage")]
+
+# A line of each phase's log, and the phase it is in: the outage starts when it appears.
+PHASES = {"sweep": "LR 0.02 epoch 1/2", "long run": "long run epoch 1/6",
+          "phase 4": "phase 4: linear baseline fitted"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+class Cluster:
+    """A PostgreSQL cluster created for these tests (pg_createcluster), on its own port."""
+
+    def __init__(self, version: str, name: str, port: int):
+        self.version, self.name, self.port = version, name, port
+        self.url = f"postgresql+psycopg://redheart:redheart@127.0.0.1:{port}/redheart"
+
+    def psql(self, sql: str) -> None:
+        out = _sh("su", "postgres", "-c", f"psql -p {self.port} -qAtc \"{sql}\"")
+        assert out.returncode == 0, out.stderr
+
+    def stop(self) -> None:
+        out = _sh("pg_ctlcluster", self.version, self.name, "stop", "-m", "fast")
+        assert out.returncode == 0, out.stderr
+
+    def start(self) -> None:
+        out = _sh("pg_ctlcluster", self.version, self.name, "start")
+        assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0 or not Path("/usr/bin/pg_createcluster").exists():
+        message = "the outage tests need root and pg_createcluster (Debian's postgresql)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    version = sorted(os.listdir("/usr/lib/postgresql"), key=float)[-1]
+    c = Cluster(version, f"outage{uuid.uuid4().hex[:6]}", _free_port())
+    made = _sh("pg_createcluster", "-p", str(c.port), version, c.name, "--start")
+    assert made.returncode == 0, made.stderr
+    try:
+        c.psql("create role redheart login password 'redheart' createdb")
+        c.psql("create database redheart owner redheart")
+        yield c
+    finally:
+        _sh("pg_dropcluster", "--stop", version, c.name)
+
+
+def _fresh_db(cluster: Cluster) -> str:
+    name = f"r{uuid.uuid4().hex[:8]}"
+    cluster.psql(f"create database {name} owner redheart")
+    return cluster.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _run_with_outage(backup: Path, url: str, cluster: Cluster, marker: str, outage_s: float,
+                     patience_s: float) -> subprocess.CompletedProcess:
+    """Run the smoke study on ``url``; when ``marker`` is logged, freeze the worker, stop
+    the server, let the worker go on into the outage, and start the server again after
+    ``outage_s`` (or once the worker has exited)."""
+    proc = subprocess.Popen(command(backup, "--storage", url, "--storage-patience", str(patience_s)),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines, down_at = [], None
+    for line in proc.stderr:
+        lines.append(line)
+        if down_at is None and marker in line:
+            os.kill(proc.pid, signal.SIGSTOP)  # the outage begins inside this phase
+            cluster.stop()
+            os.kill(proc.pid, signal.SIGCONT)
+            down_at = time.monotonic()
+            break
+    assert down_at is not None, "".join(lines[-20:])
+    while proc.poll() is None and time.monotonic() - down_at < outage_s:
+        time.sleep(0.2)
+    cluster.start()
+    rest = proc.stderr.read()
+    proc.wait(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", "".join(lines) + rest)
+
+
+def _result(backup: Path) -> dict:
+    session = backup / "c"
+    results = json.loads((session / "final_results.json").read_text())
+    del results["timestamp"]
+    model = (session / "final" / "optimal_crossover_model.safetensors").read_bytes()
+    return {"results": results, "model": hashlib.sha256(model).hexdigest()}
+
+
+@pytest.fixture(scope="module")
+def unbroken(cluster, tmp_path_factory):
+    """The smoke study on the same server, never interrupted."""
+    backup = tmp_path_factory.mktemp("unbroken-pg")
+    out = subprocess.run(command(backup, "--storage", _fresh_db(cluster)), capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return _result(backup)
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_an_outage_shorter_than_the_patience_is_ridden_out_to_the_unbroken_result(
+        phase, cluster, unbroken, tmp_path):
+    out = _run_with_outage(tmp_path, _fresh_db(cluster), cluster, PHASES[phase], outage_s=6,
+                           patience_s=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert out.stderr.count("the database connection is lost") == 1
+    assert out.stderr.count("the database is back after") == 1
+    assert _result(tmp_path) == unbroken
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_an_outage_longer_than_the_patience_exits_2_with_one_line_and_the_rerun_resumes(
+        phase, cluster, unbroken, tmp_path):
+    url = _fresh_db(cluster)
+    out = _run_with_outage(tmp_path, url, cluster, PHASES[phase], outage_s=12, patience_s=3)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    last = out.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("error: the Optuna storage postgresql+psycopg://redheart:***@")
+    assert "unreachable for more than 3 s (--storage-patience)" in last
+    assert "rerun the same command to resume" in last
+    rerun = subprocess.run(command(tmp_path, "--storage", url), capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _result(tmp_path) == unbroken
