@@ -112,6 +112,22 @@ def worker_id() -> str:
     return f"{_host()}:{pid}:{_start_time(pid)}"
 
 
+class TrialLost(Exception):
+    """This worker's trial is no longer its own: another worker found it silent (its
+    heartbeat thread died, say, on a database error) and failed it to take its work over."""
+
+
+def check_still_mine(study: optuna.Study, number: int) -> None:
+    """Raise :class:`TrialLost` unless trial ``number`` still RUNs in this worker. Called at
+    epoch boundaries: a worker that lost its trial stops before it writes anything more."""
+    t = study.get_trials(deepcopy=False)[number]  # trial numbers are positions
+    owner = t.user_attrs.get(WORKER_ATTR)
+    if t.state != optuna.trial.TrialState.RUNNING or owner != worker_id():
+        raise TrialLost(f"trial {number} of {study.study_name} is {t.state.name}"
+                        + (f" and belongs to worker {owner}" if owner != worker_id() else "")
+                        + ": another worker took it over")
+
+
 def trial_is_gone(t: optuna.trial.FrozenTrial, hb: Heartbeat) -> bool:
     """``is_gone`` for a (frozen) RUNNING trial."""
     started = t.datetime_start.timestamp() if t.datetime_start is not None else None

@@ -23,7 +23,6 @@ from .config import PipelineConfig
 SMOKE: dict[str, Any] = {"preset": "ngram-tiny", "max_samples": 400, "sweep.epochs": 2,
                          "long_run.epochs": 4, "long_run.checkpoint_every": 2,
                          "crossover_trials": 4}
-# Flags that are not settings of the run: how to read the settings, and how to show it.
 _OWN = ("config", "smoke", "log_level", "debug")
 
 
@@ -50,16 +49,35 @@ def _shown(value: Any) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
-def _help(f: Any, s: Setting) -> str:
+def default_text(path: str) -> str | None:
+    """What --help says of a declared setting's default (None: it says nothing)."""
+    f, s = next((f, s) for p, f, s in declared() if p == path)
     if s.default_text is not None:
-        return f"{s.help} (default: {s.default_text})"
+        return s.default_text
     if s.switch is not None or _default(f) in (None, ()):
-        return s.help
-    return f"{s.help} (default: {_shown(_default(f))})"
+        return None
+    return _shown(_default(f))
+
+
+def _help(path: str, s: Setting) -> str:
+    shown = default_text(path)
+    return s.help if shown is None else f"{s.help} (default: {shown})"
 
 
 def _flag_of(path: str) -> str:
     return next(s.flags[0] for p, _, s in declared() if p == path)
+
+
+# Flags that are not settings of the run (how to read the settings, how to show the run):
+# (flags, --help group, value shown, help).
+OWN_FLAGS: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
+    (("--config",), "study", "CONFIG", "TOML file of settings (flag names); flags win"),
+    (("--smoke",), "study", "", "toy-size run of every phase: " + " ".join(
+        f"{_flag_of(k)} {v}" for k, v in SMOKE.items())),
+    (("--log-level",), "output", "LOG_LEVEL", "DEBUG also shows Optuna's per-trial lines "
+                                              "(default: INFO)"),
+    (("--debug",), "output", "", "show tracebacks of input errors"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,12 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "long run with modular checkpoints, sweet spots and crossover. Rerun the "
                     "same command to resume.")
     groups = {name: p.add_argument_group(name) for name in GROUPS}
-    groups["study"].add_argument("--config", help="TOML file of settings (flag names); flags win")
-    smoke = " ".join(f"{_flag_of(k)} {v}" for k, v in SMOKE.items())
-    groups["study"].add_argument("--smoke", action="store_true",
-                                 help=f"toy-size run of every phase: {smoke}")
-    for path, f, s in declared():
-        kw: dict[str, Any] = {"dest": _dest(path), "default": None, "help": _help(f, s)}
+    own = {flags[0]: (group, value, text) for flags, group, value, text in OWN_FLAGS}
+    groups["study"].add_argument("--config", help=own["--config"][2])
+    groups["study"].add_argument("--smoke", action="store_true", help=own["--smoke"][2])
+    for path, _, s in declared():
+        kw: dict[str, Any] = {"dest": _dest(path), "default": None, "help": _help(path, s)}
         if s.switch is not None:
             kw.update(action="store_const", const=s.switch)
         else:
@@ -89,10 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
             if s.metavar is not None or s.choices is None:
                 kw["metavar"] = s.metavar or s.flags[0].removeprefix("--").replace("-", "_").upper()
         groups[s.group].add_argument(*s.flags, **kw)
-    groups["output"].add_argument("--log-level", default="INFO",
-                                  help="DEBUG also shows Optuna's per-trial lines")
-    groups["output"].add_argument("--debug", action="store_true",
-                                  help="show tracebacks of input errors")
+    groups["output"].add_argument("--log-level", default="INFO", help=own["--log-level"][2])
+    groups["output"].add_argument("--debug", action="store_true", help=own["--debug"][2])
     return p
 
 
@@ -175,4 +190,5 @@ def _build(cls: type, given: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kw)
 
 
-__all__ = ["SMOKE", "apply_config_file", "build_parser", "config_from_args", "declared"]
+__all__ = ["GROUPS", "OWN_FLAGS", "SMOKE", "apply_config_file", "build_parser", "config_from_args",
+           "declared", "default_text"]

@@ -40,6 +40,8 @@ from storage.checkpoints import CheckpointError, read_resume, save_checkpoint, s
 from ._workers import (
     WORKER_ATTR,
     Heartbeat,
+    TrialLost,
+    check_still_mine,
     fail_stale_trials,
     trial_heartbeat,
     trial_is_gone,
@@ -142,16 +144,30 @@ def run_long_run(study: optuna.Study, lr: float, cfg: LongRunConfig, train_cfg: 
     ``tuner.early_stop``). Returns its summary, or None when another live worker owns it."""
     hb = ctx.heartbeat
     if not _other_owner(study, hb):
+        lost: list[str] = []
+
         def objective(trial: optuna.Trial) -> float:
             if not _claim_trial(study, trial, lr, hb):
                 raise optuna.TrialPruned("another worker's trial came first")
             with trial_heartbeat(trial, hb):
-                return _train(study, trial, lr, cfg, train_cfg, ctx, monitor)
+                try:
+                    return _train(study, trial, lr, cfg, train_cfg, ctx, monitor)
+                except TrialLost as e:
+                    lost.append(str(e))
+                    raise
 
         # Optuna's heartbeat thread runs for the whole run on RDB storages; an error or
         # Ctrl-C fails the trial and is raised here (the next run continues it).
-        study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False,
-                       show_progress_bar=False)
+        try:
+            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False,
+                           show_progress_bar=False)
+        except Exception:
+            if not lost:
+                raise
+            # Optuna cannot finish a trial another worker failed: it raises its own error.
+            logger.warning("long run: stopped training: %s; waiting like an idle worker",
+                           lost[0])
+            return None
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return done[0].user_attrs.get("summary") if done else None
 
@@ -225,6 +241,12 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
             share_go(True)  # the followers train this epoch with rank 0
         metrics = json_safe(run_epoch(engine, ctx.train, ctx.val, epoch))
         crash_point(f"long:epoch={epoch}")  # trained, nothing written yet
+        try:  # before writing anything: the worker that took the trial over writes now
+            check_still_mine(study, trial.number)
+        except TrialLost:
+            if ctx.launch is not None:
+                share_go(False)  # the followers leave with rank 0
+            raise
         if ctx.planned_memory_bytes and str(ctx.device).startswith("cuda"):
             # The plan is made from shapes before training, never from this measurement;
             # side by side in every epoch's record they check it.

@@ -27,6 +27,8 @@ from ._workers import (
     POLL_S,
     WORKER_ATTR,
     Heartbeat,
+    TrialLost,
+    check_still_mine,
     fail_stale_trials,
     trial_heartbeat,
     trial_is_gone,
@@ -211,10 +213,19 @@ def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
                                                     if trial_lr(t) is not None))
             time.sleep(POLL_S)
             continue
-        ran: dict[str, int | float] = {}
+        ran: dict[str, int | float | str] = {}
         # An error or Ctrl-C fails the trial (its point is free again) and is raised here.
-        study.optimize(_point_objective(study, cfg, train_cfg, ctx, ran), n_trials=1, catch=(),
-                       gc_after_trial=False, show_progress_bar=False)
+        try:
+            study.optimize(_point_objective(study, cfg, train_cfg, ctx, ran), n_trials=1,
+                           catch=(), gc_after_trial=False, show_progress_bar=False)
+        except Exception:
+            # Optuna cannot finish a trial another worker failed: it raises its own error,
+            # after ours.
+            if "lost" not in ran:
+                raise
+            logger.warning("LR sweep: stopped training LR %g: %s; back to the grid like an "
+                           "idle worker", ran["lr"], ran["lost"])
+            continue
         if "lr" not in ran:
             continue
         lr = ran["lr"]
@@ -234,7 +245,7 @@ def run_lr_sweep(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
 
 
 def _point_objective(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConfig,
-                     ctx: RunContext, ran: dict[str, int | float]) -> Callable[[optuna.Trial], float]:
+                     ctx: RunContext, ran: dict[str, int | float | str]) -> Callable[[optuna.Trial], float]:
     """The objective of one sweep trial: claim a grid point, train it; ``ran`` gets the
     trial number and LR when a point was claimed."""
     def objective(trial: optuna.Trial) -> float:
@@ -251,7 +262,11 @@ def _point_objective(study: optuna.Study, cfg: SweepConfig, train_cfg: TrainConf
             trial.set_user_attr(FULL_EPOCHS_ATTR, True)
         ran.update(number=trial.number, lr=lr)
         with trial_heartbeat(trial, ctx.heartbeat):
-            return _train_trial(trial, lr, cfg, train_cfg, ctx)
+            try:
+                return _train_trial(trial, lr, cfg, train_cfg, ctx)
+            except TrialLost as e:
+                ran["lost"] = str(e)
+                raise
     return objective
 
 
@@ -271,6 +286,7 @@ def _train_trial(trial: optuna.Trial, lr: float, cfg: SweepConfig, train_cfg: Tr
     for epoch in range(1, cfg.epochs + 1):
         metrics = run_epoch(engine, ctx.train, ctx.val, epoch)
         crash_point(f"sweep:lr={lr:g}:epoch={epoch}")  # trained, not yet reported
+        check_still_mine(trial.study, trial.number)
         history.append(json_safe(metrics))
         trial.set_user_attr(epoch_attr(epoch), history[-1])
         trial.report(metrics["val_loss"], epoch)
