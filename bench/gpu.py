@@ -8,6 +8,9 @@
    for each option: fits or not, peak GiB measured against the plan, time per micro-batch,
    tokens/s and model-FLOPs utilisation against the device's bf16 peak; then without the cap,
    and the projected wall time of the strategy's 60-epoch long run on 10,000 rows.
+5. Activations per layer: the profile (``model.activations``: measured at three small
+   shapes on the device, scaled) against a measurement at the run's shape, for the ``tiny``,
+   ``small`` and ``base`` presets, without and with activation checkpointing.
 
     python bench/gpu.py                       # on the lent GPU (about 3-4 minutes)
     python bench/gpu.py --device cpu --big tiny --length 32 --accum 2   # a dry run anywhere
@@ -40,7 +43,8 @@ except ImportError:
     _stub.tqdm = lambda it=None, *a, **k: it
     sys.modules.update({"tqdm": types.ModuleType("tqdm"), "tqdm.auto": _stub})
 
-from model import build_model
+from model import build_model, preset_config
+from model.activations import OUTSIDE, measure_saved, profile_activations
 from model.memory import GIB, TrainShape, encoders_of, plan_memory
 from model.optimizers import available
 from model.tasks import EMBEDDED_TASKS
@@ -204,6 +208,35 @@ def _row(r: dict) -> str:
             f"{1000 * r['micro_batch_s']:.0f} ms | {r['tokens_per_s']:,.0f} | {mfu} |")
 
 
+def check_activations(device: str, rows: int, length: int) -> list[str]:
+    """Per preset: the largest per-layer difference of the scaled profile from a measurement
+    at ``rows`` x ``length``, and both totals, without and with checkpointing."""
+    from model.plugin import build
+
+    def batch(r: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.randint(5, 200, (r, s), generator=torch.Generator().manual_seed(0))
+        return ids.to(device), torch.ones(r, s, dtype=torch.bool, device=device)
+
+    lines = ["| preset | checkpointing | layers | worst layer | planned MiB | measured MiB |",
+             "|---|---|---|---|---|---|"]
+    for preset in ("tiny", "small", "base"):
+        limit = preset_config(preset).max_length
+        for ckpt in (False, True):
+            model, _ = build(None, preset, EMBEDDED_TASKS, limit, activation_checkpointing=ckpt)
+            model.to(device)
+            plain, _ = build(None, preset, EMBEDDED_TASKS, limit)
+            estimate = profile_activations(plain.to(device), batch).estimate(
+                rows, min(length, limit), checkpointing=ckpt)
+            measured = measure_saved(model, rows, min(length, limit), batch)
+            kept = {n: (m.inputs if ckpt and n.rsplit(".", 1)[-1].isdigit() else m.saved)
+                    for n, m in measured.items() if not (ckpt and n == OUTSIDE)}
+            worst = max(abs(estimate[n] - b) / b for n, b in kept.items() if b > 0)
+            lines.append(f"| {preset} | {'yes' if ckpt else 'no'} | {len(kept)} | "
+                         f"{100 * worst:.1f}% | {sum(estimate[n] for n in kept) / 2**20:.1f} | "
+                         f"{sum(kept.values()) / 2**20:.1f} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -257,6 +290,9 @@ def main() -> None:
         hours = best["micro_batch_s"] * (args.rows / args.batch) * args.epochs / 3600
         print(f"\n4. projected long run ({args.epochs} epochs x {args.rows:,} rows, "
               f"{best['option']}, training only): {hours:.1f} h")
+    print(f"\n5. activations per layer, the scaled profile against a measurement "
+          f"({args.batch} x {min(args.length, 128)}):")
+    print("\n".join(check_activations(args.device, args.batch, min(args.length, 128))))
     print(f"\nbench/gpu.py finished in {time.perf_counter() - started:.0f} s")
 
 

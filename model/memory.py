@@ -7,8 +7,10 @@ gradients and optimizer state are exact (they are sums over the real parameter s
 taken from a model built on the meta device); activations are an estimate from the
 transformer shapes, after Korthikanti et al. 2022 ("Reducing Activation Recomputation in
 Large Transformer Models", per layer s*b*h*34 + 5*a*s^2*b bytes in 16 bit for a 4h MLP),
-generalized to any MLP width and to the dropouts this model keeps. Nothing here is
-calibrated from a measurement of the run it plans.
+generalized to any MLP width and to the dropouts this model keeps. A model without
+``nn.TransformerEncoder`` stacks (a Hugging Face model, the ``ngram`` preset, a factory
+model) gets its activations from an ``ActivationProfile`` instead: measured per layer on
+the CPU at small shapes and scaled to the planned one (``model.activations``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .activations import ActivationProfile
 from .optimizers import LOWBIT_BLOCK, LOWBIT_MIN_SIZE, OFFLOAD_MIN_SIZE, OPTIMIZERS, option
 
 GIB = 1024**3
@@ -130,9 +133,19 @@ def encoders_of(model: nn.Module) -> list[Encoder]:
     return out
 
 
-def plan_memory(model: nn.Module, shape: TrainShape) -> dict[str, int]:
+def profiled_activation_bytes(profile: ActivationProfile, shape: TrainShape) -> int:
+    """Activations of a profiled model for one micro-batch of ``shape`` (R-Drop doubles
+    the rows; with checkpointing, stacked layers keep their inputs plus one recompute)."""
+    act = 4 if shape.precision == "fp32" else 2
+    rows = shape.batch_size * (2 if shape.r_drop else 1)
+    return sum(profile.estimate(rows, shape.seq_len, act, shape.activation_checkpointing).values())
+
+
+def plan_memory(model: nn.Module, shape: TrainShape,
+                profile: ActivationProfile | None = None) -> dict[str, int]:
     """Peak GPU bytes by component for training ``model`` (built on any device, meta
-    included) with ``shape.optimizer`` in ``shape``; ``total`` sums them.
+    included) with ``shape.optimizer`` in ``shape``; ``total`` sums them. Activations come
+    from the model's transformer stacks, else from ``profile`` (0 without either).
 
     adamw8bit: weights and gradients in bf16, moments as torchao stores them, and the fp32
     temporaries of its step (``lowbit_step_temporary_bytes``). adamw-offload: moments of
@@ -141,6 +154,7 @@ def plan_memory(model: nn.Module, shape: TrainShape) -> dict[str, int]:
     """
     params = [p for p in model.parameters() if p.requires_grad]
     width = option(shape.optimizer).weights_dtype.itemsize
+    encoders = encoders_of(model)
 
     def weights_bytes(tensors: Iterable[torch.Tensor]) -> int:
         return sum(t.numel() * (width if t.is_floating_point() else t.element_size())
@@ -158,7 +172,8 @@ def plan_memory(model: nn.Module, shape: TrainShape) -> dict[str, int]:
         "gradients": weights_bytes(params),
         "optimizer_state": state,
         "ema": fp32 if shape.ema_on_gpu else 0,
-        "activations": activation_bytes(encoders_of(model), shape),
+        "activations": activation_bytes(encoders, shape) if encoders else (
+            profiled_activation_bytes(profile, shape) if profile is not None else 0),
     }
     rest = sum(parts.values())
     parts["workspace"] = WORKSPACE_BYTES + int(FRAGMENTATION * rest)
@@ -233,8 +248,8 @@ class FitOption:
 
 
 def fit_options(model: nn.Module, shape: TrainShape, grad_accum: int,
-                optimizers: Iterable[str], speed: DeviceSpeed = DeviceSpeed()
-                ) -> list[FitOption]:
+                optimizers: Iterable[str], speed: DeviceSpeed = DeviceSpeed(),
+                profile: ActivationProfile | None = None) -> list[FitOption]:
     """Every combination of ``optimizers``, activation checkpointing and (when the run has
     an EMA on the GPU) the EMA on the CPU, starting from ``shape``; fastest estimated step
     first, an exact option before an inexact one of the same estimate."""
@@ -244,7 +259,7 @@ def fit_options(model: nn.Module, shape: TrainShape, grad_accum: int,
             for on_gpu in sorted({shape.ema_on_gpu, False}, reverse=True):
                 s = replace(shape, optimizer=opt, activation_checkpointing=ckpt,
                             ema_on_gpu=on_gpu)
-                out.append(FitOption(opt, ckpt, on_gpu, plan_memory(model, s)["total"],
+                out.append(FitOption(opt, ckpt, on_gpu, plan_memory(model, s, profile)["total"],
                                      estimate_step_seconds(model, s, grad_accum, speed)["total"],
                                      shape.ema_on_gpu and not on_gpu))
     return sorted(out, key=lambda o: (o.step_seconds, not o.exact, o.total_bytes))
@@ -302,5 +317,6 @@ __all__ = [
     "lowbit_step_temporary_bytes",
     "plan_memory",
     "plan_table",
+    "profiled_activation_bytes",
     "tensor_bytes",
 ]

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import torch
 
+from model.activations import ActivationProfile, profile_activations
 from model.memory import (
     GIB,
     FitOption,
     TrainShape,
     disk_plan,
+    encoders_of,
     estimate_step_seconds,
     fit_options,
     plan_memory,
@@ -83,6 +85,21 @@ def _with_option(cfg: PipelineConfig, pick: FitOption) -> PipelineConfig:
                    activation_checkpointing=pick.activation_checkpointing or None)
 
 
+def _activation_profile(model: torch.nn.Module) -> tuple[ActivationProfile | None, str]:
+    """The model's activations: from its transformer stacks' shapes where it has them, else
+    measured per layer at small shapes on the CPU (``model.activations``)."""
+    if encoders_of(model):
+        return None, "transformer shapes (Korthikanti et al. 2022)"
+    if any(p.is_meta for p in model.parameters()):
+        return None, "none: a model on the meta device cannot be measured"
+    try:
+        return profile_activations(model), "measured per layer at small shapes, scaled"
+    except Exception as e:  # a factory model's forward may want other inputs
+        logger.warning("memory plan: could not measure the activations of %s (%s: %s); the "
+                       "plan counts none", type(model).__name__, type(e).__name__, e)
+        return None, f"none: measuring failed ({type(e).__name__})"
+
+
 def memory_plan(cfg: PipelineConfig, model: torch.nn.Module, max_length: int,
                 world: int = 1) -> tuple[PipelineConfig, dict]:
     """The GPU memory plan of this run (``model.memory``), printed on CUDA or with a
@@ -96,17 +113,18 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module, max_length: int,
     if pinned:
         check_choice(cfg.train.optimizer, cfg.device, _precision(cfg), world)
     shape = _shape(cfg, max_length)
-    parts = plan_memory(model, shape)
+    profile, source = _activation_profile(model)
+    parts = plan_memory(model, shape, profile)
     budget = cfg.gpu_memory_gib
     chosen, candidates, pick, configured = "as configured", [], None, parts["total"]
     if budget is not None and parts["total"] > budget * GIB:
         as_is = estimate_step_seconds(model, shape, cfg.train.grad_accum)["total"]
         candidates = fit_options(model, shape, cfg.train.grad_accum,
-                                 _optimizers_to_try(cfg, world))
+                                 _optimizers_to_try(cfg, world), profile=profile)
         fitting = [o for o in candidates if o.total_bytes <= budget * GIB]
         pick = fitting[0] if fitting else min(candidates, key=lambda o: o.total_bytes)
         cfg = _with_option(cfg, pick)
-        parts = plan_memory(model, _shape(cfg, max_length))
+        parts = plan_memory(model, _shape(cfg, max_length), profile)
         if fitting:
             numerics = ("the gradients and updates stay those of fp32 AdamW" if pick.exact else
                         "this changes the numerics: bf16 weights with stochastic rounding and "
@@ -147,7 +165,12 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module, max_length: int,
                 cfg.long_run.epochs // cfg.long_run.checkpoint_every,
                 str(stored).removeprefix("torch."), disk["checkpoints"] / GIB,
                 disk["ema"] / GIB, disk["resume_states"] / GIB)
+    final = _shape(cfg, max_length)
+    layers = (profile.estimate(final.batch_size * (2 if final.r_drop else 1), final.seq_len,
+                               4 if final.precision == "fp32" else 2,
+                               final.activation_checkpointing) if profile is not None else None)
     return cfg, {"components_bytes": parts, "budget_gib": budget, "chosen": chosen,
+                 "activations_from": source, "activation_bytes_by_layer": layers,
                  "optimizer": cfg.train.optimizer,
                  "options": [{**asdict(o), "fits": budget is not None
                               and o.total_bytes <= budget * GIB, "exact": o.exact,

@@ -86,6 +86,10 @@ def test_the_smoke_pipeline_runs_on_a_local_hf_model(tmp_path, folders, kind):
     groups = read_json(session / "model_groups.json")
     names = list(groups)
     assert (names[0], names[-1]) == ("embeddings", "head")
+    plan = read_json(session / "memory_plan.json")  # no nn.TransformerEncoder: measured
+    assert plan["activations_from"].startswith("measured per layer")
+    assert plan["components_bytes"]["activations"] > 0
+    assert any(".layer.0" in name for name in plan["activation_bytes_by_layer"])
     results = read_json(session / "final_results.json")
     assert set(results["sweet_spots"]) == set(groups)  # a sweet spot per group, from the val loss
     rows = {r["candidate"] for r in results["test_table"]}
