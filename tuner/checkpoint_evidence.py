@@ -6,12 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from model.groups import GroupSpec
 from model.training import tensor_stats
+from storage import Session
+from storage.checkpoints import save_checkpoint
+
+if TYPE_CHECKING:
+    from .long_run import LongRunConfig
 
 
 def detailed_metrics(model: torch.nn.Module, spec: GroupSpec, metrics: dict,
@@ -63,4 +69,27 @@ def progress_report(epoch: int, total_epochs: int, checkpoints: Sequence[int],
     }
 
 
-__all__ = ["detailed_metrics", "progress_report"]
+def write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metrics: dict,
+                     history: list[dict], cfg: LongRunConfig, checkpoints: list[int],
+                     session: Session, with_ema: bool) -> None:
+    """The modular checkpoint of ``epoch`` and its evidence files; ``epoch`` joins
+    ``checkpoints``."""
+    # The EMA is read from the last checkpoint only (the "ema" candidate of phase 4): the
+    # other checkpoints do not store it, which halves their size (the resume state has it).
+    ema = None
+    if engine.ema is not None and with_ema:
+        ema = dict(engine.ema.module.state_dict())
+    basic = {k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc",
+                                     "overfit_gap")}
+    basic["val_module_loss"] = metrics["val_module_loss"]
+    save_checkpoint(root, epoch, engine.model, spec, basic, ema,
+                    cfg.narrowed_dtype)
+    if epoch not in checkpoints:
+        checkpoints.append(epoch)
+    session.write_json(f"checkpoints/metrics_epoch_{epoch:03d}.json",
+                       detailed_metrics(engine.model, spec, metrics, history))
+    session.write_json(f"checkpoints/progress_report_epoch_{epoch:03d}.json",
+                       progress_report(epoch, cfg.epochs, checkpoints, history))
+
+
+__all__ = ["detailed_metrics", "progress_report", "write_checkpoint"]

@@ -28,9 +28,12 @@ out, so it is tested without training.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from model.groups import GroupSpec
 
 from .monitor import Monitor
 
@@ -129,4 +132,35 @@ def stop_decision(history: Sequence[Mapping[str, Any]], checkpoints: Sequence[in
     return out
 
 
-__all__ = ["GROUP_MIN_DELTA", "StopRule", "group_loss", "stop_decision"]
+def decide(history: list[dict], checkpoints: list[int], monitor: Monitor, primary: str,
+           spec: GroupSpec, rule: StopRule) -> dict[str, Any]:
+    """``stop_decision`` for a model's groups: the independent groups with losses of their
+    own that the model reports each epoch wait too."""
+    # Independent groups with losses of their own (by the modules the model reports each
+    # epoch): their sweet spots are not capped by the overfitting point, which the monitor
+    # decides, so the run waits for them too.
+    reported = set(history[-1]["val_module_loss"]) if history else set()
+    own = {g: mods for g, mods in spec.group_losses.items()
+           if g in spec.independent and mods and set(mods) <= reported}
+    return stop_decision(history, checkpoints, monitor, primary, own, rule)
+
+
+def stop_evidence(decision: dict[str, Any], history: list[dict], max_epochs: int
+                  ) -> dict[str, Any]:
+    """Why the run ended where it did, and what stopping saved (the mean epoch's seconds
+    times the epochs not trained: an estimate, their time was never spent)."""
+    last = history[-1]["epoch"]
+    seconds = [h["seconds"] for h in history if "seconds" in h]
+    mean = sum(seconds) / len(seconds) if seconds else 0.0
+    return {**decision, "stopped_early": bool(decision["stop"]) and last < max_epochs,
+            "last_epoch": last,
+            "max_epochs": max_epochs, "epochs_saved": max_epochs - last,
+            "seconds_saved_estimate": mean * (max_epochs - last),
+            # The cosine schedule keeps the maximum's horizon, so the epochs trained are
+            # exactly the full run's first ones; the stop only leaves out the rest.
+            "lr_schedule": f"cosine over the maximum {max_epochs} epochs; stopped at epoch "
+                           f"{last}, where the LR is "
+                           f"{0.5 * (1 + math.cos(math.pi * last / max_epochs)):.3f} x the peak"}
+
+
+__all__ = ["GROUP_MIN_DELTA", "StopRule", "decide", "group_loss", "stop_decision", "stop_evidence"]

@@ -11,7 +11,6 @@ equal those of an unbroken run.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,8 +33,8 @@ from model.training import (
     steps_per_epoch,
     train_one_epoch,
 )
-from storage import Session, crash_point, json_safe
-from storage.checkpoints import CheckpointError, read_resume, save_checkpoint, save_resume
+from storage import crash_point, json_safe
+from storage.checkpoints import CheckpointError, read_resume, save_resume
 
 from ._workers import (
     WORKER_ATTR,
@@ -47,7 +46,7 @@ from ._workers import (
     trial_is_gone,
     worker_id,
 )
-from .checkpoint_evidence import detailed_metrics, progress_report
+from .checkpoint_evidence import write_checkpoint
 from .claims import own_phase4
 from .context import RunContext
 from .distributed import (
@@ -61,7 +60,7 @@ from .distributed import (
     share_split,
     wait_for_long_run,
 )
-from .early_stop import StopRule, stop_decision
+from .early_stop import StopRule, decide, stop_evidence
 from .lr_sweep import epoch_attr
 from .monitor import VAL_LOSS, Monitor
 
@@ -230,7 +229,7 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
     rule = StopRule(cfg.patience, cfg.min_checkpoints)
     primary = ctx.tasks[0].name
     # A resumed run whose last checkpoint already decided the stop trains nothing more.
-    decision = _decide(history, checkpoints, monitor, primary, spec, rule)
+    decision = decide(history, checkpoints, monitor, primary, spec, rule)
 
     bar = tqdm(range(start, cfg.epochs + 1), desc=f"long run (LR {lr:g})", unit="epoch",
                initial=start - 1, total=cfg.epochs, disable=not train_cfg.progress)
@@ -257,10 +256,10 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
                         metrics["peak_memory_bytes"] / ctx.planned_memory_bytes)
         history.append(metrics)
         if epoch % cfg.checkpoint_every == 0:
-            decision = _decide(history, [*checkpoints, epoch], monitor, primary, spec, rule)
+            decision = decide(history, [*checkpoints, epoch], monitor, primary, spec, rule)
             # The checkpoint the run ends at keeps the EMA (phase 4's "ema" candidate).
             last = decision["stop"] or epoch + cfg.checkpoint_every > cfg.epochs
-            _write_checkpoint(root, epoch, engine, spec, metrics, history, cfg, checkpoints,
+            write_checkpoint(root, epoch, engine, spec, metrics, history, cfg, checkpoints,
                               ctx.session, with_ema=last)
         # Resume state before the Optuna report: a crash in between re-reports from it.
         tensors, plain = engine.state_dict()
@@ -281,7 +280,7 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
                "checkpoints": checkpoints,
                "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                "final_val_loss": history[-1]["val_loss"], "final_val_acc": history[-1]["val_acc"],
-               "early_stop": _stop_evidence(decision, history, cfg),
+               "early_stop": stop_evidence(decision, history, cfg.epochs),
                "training_complete": True}
     if decision["stop"]:
         logger.info("long run stopped early after epoch %d of %d: %s (saved %d epochs, about "
@@ -293,35 +292,6 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
     own_phase4(study)  # before the trial completes: no window with no owner
     ctx.session.write_json("checkpoints/long_run_summary.json", summary)
     return best["val_loss"]
-
-
-def _decide(history: list[dict], checkpoints: list[int], monitor: Monitor, primary: str,
-            spec: GroupSpec, rule: StopRule) -> dict[str, Any]:
-    # Independent groups with losses of their own (by the modules the model reports each
-    # epoch): their sweet spots are not capped by the overfitting point, which the monitor
-    # decides, so the run waits for them too.
-    reported = set(history[-1]["val_module_loss"]) if history else set()
-    own = {g: mods for g, mods in spec.group_losses.items()
-           if g in spec.independent and mods and set(mods) <= reported}
-    return stop_decision(history, checkpoints, monitor, primary, own, rule)
-
-
-def _stop_evidence(decision: dict[str, Any], history: list[dict], cfg: LongRunConfig
-                   ) -> dict[str, Any]:
-    """Why the run ended where it did, and what stopping saved (the mean epoch's seconds
-    times the epochs not trained: an estimate, their time was never spent)."""
-    last = history[-1]["epoch"]
-    seconds = [h["seconds"] for h in history if "seconds" in h]
-    mean = sum(seconds) / len(seconds) if seconds else 0.0
-    return {**decision, "stopped_early": bool(decision["stop"]) and last < cfg.epochs,
-            "last_epoch": last,
-            "max_epochs": cfg.epochs, "epochs_saved": cfg.epochs - last,
-            "seconds_saved_estimate": mean * (cfg.epochs - last),
-            # The cosine schedule keeps the maximum's horizon, so the epochs trained are
-            # exactly the full run's first ones; the stop only leaves out the rest.
-            "lr_schedule": f"cosine over the maximum {cfg.epochs} epochs; stopped at epoch "
-                           f"{last}, where the LR is "
-                           f"{0.5 * (1 + math.cos(math.pi * last / cfg.epochs)):.3f} x the peak"}
 
 
 def _resume(engine: Any, folder: Path, lr: float, trial: optuna.Trial) -> tuple[list[dict], int]:
@@ -344,27 +314,6 @@ def _resume(engine: Any, folder: Path, lr: float, trial: optuna.Trial) -> tuple[
         trial.set_user_attr(epoch_attr(h["epoch"]), h)
     logger.info("long run: resuming after epoch %d from %s", state.epoch, folder)
     return history, state.epoch + 1
-
-
-def _write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metrics: dict,
-                      history: list[dict], cfg: LongRunConfig, checkpoints: list[int],
-                      session: Session, with_ema: bool) -> None:
-    # The EMA is read from the last checkpoint only (the "ema" candidate of phase 4): the
-    # other checkpoints do not store it, which halves their size (the resume state has it).
-    ema = None
-    if engine.ema is not None and with_ema:
-        ema = dict(engine.ema.module.state_dict())
-    basic = {k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc",
-                                     "overfit_gap")}
-    basic["val_module_loss"] = metrics["val_module_loss"]
-    save_checkpoint(root, epoch, engine.model, spec, basic, ema,
-                    cfg.narrowed_dtype)
-    if epoch not in checkpoints:
-        checkpoints.append(epoch)
-    session.write_json(f"checkpoints/metrics_epoch_{epoch:03d}.json",
-                       detailed_metrics(engine.model, spec, metrics, history))
-    session.write_json(f"checkpoints/progress_report_epoch_{epoch:03d}.json",
-                       progress_report(epoch, cfg.epochs, checkpoints, history))
 
 
 __all__ = ["CHECKPOINT_DTYPES", "LongRunConfig", "follow_long_run", "run_long_run"]
