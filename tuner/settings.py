@@ -163,9 +163,10 @@ def record_study_settings(study: Any, settings: dict[str, Any]) -> None:
     parts: dict[str, dict[str, Any]] = {}
     for key, value in sorted(settings["settings"].items()):
         parts.setdefault(_attr_group(key, groups), {})[key] = value
-    study.set_user_attr(f"{SETTINGS_ATTR}.format_version", settings["format_version"])
     for group, values in parts.items():
         study.set_user_attr(f"{SETTINGS_ATTR}.{group}", values)
+    # Last: a worker reading the record at the same moment sees it whole or not at all.
+    study.set_user_attr(f"{SETTINGS_ATTR}.format_version", settings["format_version"])
 
 
 def study_settings(study: Any) -> dict[str, Any] | None:

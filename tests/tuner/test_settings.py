@@ -75,3 +75,14 @@ def test_a_study_recorded_in_one_settings_attr_by_an_older_version_is_still_read
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
     study.set_user_attr("settings", old)
     assert study_settings(study) == old
+
+
+def test_a_record_half_written_by_another_worker_reads_as_no_record_yet(tmp_path):
+    # Groups are written first and the format version last: a worker reading between two
+    # writes must not take a part of the settings for all of them.
+    settings = {"format_version": FORMAT_VERSION, "settings": fingerprint(PipelineConfig())}
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    study.set_user_attr("settings.data", {"data": None})
+    assert study_settings(study) is None
+    check_study_settings(study, settings)  # records the whole of it
+    assert study_settings(study) == settings
