@@ -86,3 +86,19 @@ def test_a_record_half_written_by_another_worker_reads_as_no_record_yet(tmp_path
     assert study_settings(study) is None
     check_study_settings(study, settings)  # records the whole of it
     assert study_settings(study) == settings
+
+
+def test_the_format_version_is_recorded_after_every_group(tmp_path):
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    written = []
+
+    class Recorded:  # the real study, with the order of its writes kept
+        user_attrs = property(lambda self: study.user_attrs)
+
+        def set_user_attr(self, key, value):
+            written.append(key)
+            study.set_user_attr(key, value)
+
+    record_study_settings(Recorded(), {"format_version": FORMAT_VERSION,
+                                       "settings": fingerprint(PipelineConfig())})
+    assert written[-1] == "settings.format_version" and len(written) > 5
