@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # grace period), so a worker that rides out an outage is not also replaced for it.
 DEFAULT_PATIENCE_S = 120.0
 _FIRST_DELAY_S = 0.5
-_MAX_DELAY_S = 10.0
+_MAX_DELAY_S = 4.0  # a reconnect is cheap: a server back is noticed within 4 s
 
 T = TypeVar("T")
 
