@@ -26,6 +26,7 @@ import optuna
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from storage import StorageUnavailable, read_json
+from storage.outage import is_connection_error
 from storage.studies import dashboard_command, mask_url
 from tuner.cli import SMOKE, apply_config_file, build_parser, config_from_args
 from tuner.config import PipelineConfig, parse_device, storage_url
@@ -134,7 +135,14 @@ def parse_config(argv: list[str]) -> PipelineConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    previous = threading.excepthook
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        threading.excepthook = previous
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["predict"]:
         return predict_main(argv[1:])
     parser = build_parser()
@@ -172,21 +180,33 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # Optuna's cleanup of a trial can itself fail on the storage error that ended the
         # trial (an UnboundLocalError in its _run_trial): the cause is in the chain.
-        gone, full = _in_chain(e, StorageUnavailable), _disk_full(e)
-        if (gone is None and not full) or first.debug:
+        gone, full, lost = _in_chain(e, StorageUnavailable), _disk_full(e), is_connection_error(e)
+        if (gone is None and not full and not lost) or first.debug:
             raise
         where = mask_url(storage_url(cfg)) if cfg is not None else "the storage"
-        code, message = 2, (f"error: {gone}" if gone is not None else
-                            f"error: the Optuna storage {where} ran out of disk space: "
-                            "free some space, then rerun the same command to resume")
+        if gone is not None:
+            message = f"error: {gone}"
+        elif full:
+            message = (f"error: the Optuna storage {where} ran out of disk space: free some "
+                       "space, then rerun the same command to resume")
+        else:  # a statement in flight when the server went away (see storage.outage)
+            message = (f"error: the Optuna storage {where} lost its connection during a call: "
+                       "once the database is back, rerun the same command to resume")
+        code = 2
     return _exit_with(code, message)
 
 
 def _thread_error_in_one_line(args: threading.ExceptHookArgs) -> None:
-    """A background thread that dies (Optuna's heartbeat thread on a full disk or a lost
-    database) is reported in one log line, not a traceback; the main thread meets the
-    same error at its next storage call and exits with its own line."""
-    what = str(args.exc_value).strip().splitlines()[0] if str(args.exc_value).strip() else ""
+    """A background thread that dies of a storage error (Optuna's heartbeat thread on a
+    full disk or a lost database) is reported in one log line, not a traceback: the main
+    thread meets the same error at its next storage call and exits with its own line.
+    Any other error of a thread keeps its traceback (Python's own hook)."""
+    e = args.exc_value
+    if e is None or not (_disk_full(e) or is_connection_error(e)
+                         or _in_chain(e, StorageUnavailable) is not None):
+        threading.__excepthook__(args)
+        return
+    what = str(e).strip().splitlines()[0] if str(e).strip() else ""
     logger.warning("background thread %s stopped: %s%s",
                    args.thread.name if args.thread else "?", args.exc_type.__name__,
                    f": {what}" if what else "")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from .datasets import Dataset, TaskField, sample
@@ -25,8 +26,6 @@ def cache_path(version: str) -> Path:
 
 
 def _compact_rows() -> list[dict]:
-    # Run in a child process: kaomoji_dataset keeps its full parse for the life of the
-    # process it ran in, and it has no public way to drop it.
     import kaomoji_dataset
 
     return [
@@ -37,14 +36,33 @@ def _compact_rows() -> list[dict]:
     ]
 
 
+def write_cache(path: str | Path) -> None:
+    """Parse the package's corpus and write the compact cache to ``path`` (what the child
+    process ``embedded_rows`` starts runs)."""
+    rows = _compact_rows()
+    atomic_write_bytes(Path(path), json.dumps(rows, ensure_ascii=False).encode("utf-8"))
+
+
+def _cache_in_child(cache: Path) -> None:
+    # kaomoji_dataset keeps its full parse (~650 MB) for the life of the process that made
+    # it, with no public way to drop it: a child process makes it and takes it along.
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    subprocess.run([sys.executable, "-c", "import sys; from storage.corpus import write_cache; "
+                    "write_cache(sys.argv[1])", str(cache)], env=env, check=True,
+                   capture_output=True, timeout=600)
+
+
 @functools.lru_cache(maxsize=1)
 def embedded_rows() -> tuple[dict, ...]:
     """The categorized rows, from a compact cache of the four fields we use.
 
     kaomoji_dataset.all() parses every field of all 82,109 entries (names and keywords
     in six languages: ~6 s and ~650 MB here); the cache holds what we need and loads in
-    a fraction of that. It is keyed by the package version and rebuilt, in a child
-    process that takes the full parse with it, when missing or unreadable.
+    a fraction of that. It is keyed by the package version and rebuilt, in a child process
+    that takes the full parse with it, when missing or unreadable; where no cache can be
+    written, the rows are parsed here.
     """
     import kaomoji_dataset
 
@@ -53,13 +71,13 @@ def embedded_rows() -> tuple[dict, ...]:
         return tuple(json.loads(cache.read_text(encoding="utf-8")))
     except (OSError, ValueError):
         pass  # no cache yet (or a damaged one): build it below
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        rows = pool.apply(_compact_rows)
     try:
-        atomic_write_bytes(cache, json.dumps(rows, ensure_ascii=False).encode("utf-8"))
-    except OSError as e:
-        logger.info("could not cache the embedded corpus at %s: %s", cache, e.strerror)
-    return tuple(rows)
+        _cache_in_child(cache)
+        return tuple(json.loads(cache.read_text(encoding="utf-8")))
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        logger.info("could not cache the embedded corpus at %s (%s): parsing it here",
+                    cache, type(e).__name__)
+        return tuple(_compact_rows())
 
 
 def embedded_fields() -> tuple[TaskField, ...]:
@@ -81,4 +99,5 @@ def load_embedded(max_samples: int | None = 10_000, seed: int = 0) -> Dataset:
     return Dataset(picked, embedded_fields(), EMBEDDED_SOURCE, "text", len(rows))
 
 
-__all__ = ["EMBEDDED_SOURCE", "cache_path", "embedded_fields", "embedded_rows", "load_embedded"]
+__all__ = ["EMBEDDED_SOURCE", "cache_path", "embedded_fields", "embedded_rows", "load_embedded",
+           "write_cache"]

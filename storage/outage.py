@@ -4,13 +4,19 @@ a while (a restart, a failover) keeps the run waiting instead of killing it.
 Two layers, both through public APIs:
 
 - SQLAlchemy's ``do_connect`` event: while the server is down, opening a connection is
-  retried with bounded exponential backoff, so every storage call (Optuna's heartbeat
-  thread and stale-trial checks included) waits for the server instead of failing;
+  retried with bounded exponential backoff, and pooled connections are pinged before use,
+  so every storage call (Optuna's heartbeat thread and stale-trial checks included) that
+  starts during an outage waits for the server instead of failing;
 - ``PatientRDBStorage``, an ``RDBStorage`` (so Optuna still sees a storage with
-  heartbeats): a call whose connection dropped while it ran is retried. A write that may
-  have committed before the drop is checked first: a trial whose state was set is not set
-  again (``UpdateFinishedTrialError``), a study or trial that was created is not created
-  twice.
+  heartbeats): a public call whose connection dropped while its statement ran is retried.
+  A write that may have committed before the drop is checked first: a trial whose state
+  was set is not set again (``UpdateFinishedTrialError``), a study that was created is not
+  created twice.
+
+Not covered: Optuna's study cache calls a few methods of the storage that are not public
+(creating a trial, setting a parameter, listing trials); one of those whose statement is
+in flight at the moment the server goes away fails, and the worker exits 2 with one line
+(a rerun resumes). An outage that begins between calls, the common case, is ridden out.
 
 An outage longer than the patience raises :class:`StorageUnavailable` (a ValueError, so
 the command line prints one line and exits 2); from then on every call fails at once, so
@@ -31,9 +37,11 @@ from sqlalchemy import event, exc
 
 logger = logging.getLogger(__name__)
 
-# Long enough for a server restart or a failover (the outages seen: 3-40 s), shorter than
-# the 180 s after which another worker takes a silent worker's trial over (the default
-# grace period), so a worker that rides out an outage is not also replaced for it.
+# Long enough for a server restart or a failover (the outages seen: 3-40 s), and shorter
+# than the default grace period (180 s) after which another worker takes a silent worker's
+# trial over. The two can still meet: the last heartbeat may be up to one interval (60 s)
+# older than the outage, and a worker that comes back to a trial failed meanwhile stops it
+# at its next epoch boundary (tuner._workers.check_still_mine).
 DEFAULT_PATIENCE_S = 120.0
 _FIRST_DELAY_S = 0.5
 _MAX_DELAY_S = 4.0  # a reconnect is cheap: a server back is noticed within 4 s
@@ -45,16 +53,39 @@ class StorageUnavailable(ValueError):
     """The storage's server stayed unreachable for longer than the patience."""
 
 
+# SQLSTATE classes of a lost or refused connection: 08 (connection exception) and 57P
+# (the server shutting down or starting: admin shutdown, crash shutdown, cannot connect
+# now); MySQL's client errors 2002/2003/2006/2013 (cannot connect, server gone, lost).
+_SQLSTATES = ("08", "57P")
+_MYSQL_ERRORS = (2002, 2003, 2006, 2013)
+_WORDS = ("connection refused", "could not connect", "server closed the connection",
+          "terminating connection", "connection is closed", "the database system is",
+          "lost connection", "server has gone away", "can't connect")
+
+
+def _lost(e: BaseException) -> bool:
+    state = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+    if isinstance(state, str) and state.startswith(_SQLSTATES):
+        return True
+    args = getattr(e, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_ERRORS:
+        return True
+    text = str(e).lower()
+    return any(w in text for w in _WORDS)
+
+
 def is_connection_error(e: BaseException | None) -> bool:
     """Whether ``e`` (or what caused it) is a lost or refused database connection, not a
-    bad statement: worth waiting for."""
+    bad statement, a deadlock or a timeout: worth waiting for."""
     seen = 0
     while e is not None and seen < 10:
         if isinstance(e, exc.DBAPIError) and e.connection_invalidated:
             return True
-        if isinstance(e, exc.OperationalError | exc.InterfaceError | exc.DisconnectionError):
+        if isinstance(e, exc.DisconnectionError):
             return True
-        if type(e).__name__ == "OperationalError" and "psycopg" in type(e).__module__:
+        if isinstance(e, exc.DBAPIError) and e.orig is not None and _lost(e.orig):
+            return True
+        if type(e).__module__.startswith(("psycopg", "pymysql")) and _lost(e):
             return True
         e, seen = e.__cause__ or e.__context__, seen + 1
     return False
@@ -97,6 +128,8 @@ class Outage:
                 value = fn()
             except Exception as e:
                 if not is_connection_error(e):
+                    if failed:  # the server answered: whatever this is, the outage is over
+                        self._recovered()
                     raise
                 failed = True
                 if self._failed(e):
@@ -144,7 +177,9 @@ class PatientRDBStorage(RDBStorage):
         def _connect(dialect, conn_rec, cargs, cparams):
             return outage.connect(dialect, cparams, cargs)
 
-    # -- writes that may have committed before the connection dropped: check, then retry
+    # -- writes that may have committed before the connection dropped: check, then retry.
+    # (Creating a trial is not here: Optuna's study cache creates trials through a method
+    # of the storage that is not public.)
 
     def create_new_study(self, directions, study_name=None):  # type: ignore[no-untyped-def]
         def check() -> tuple[bool, Any]:
@@ -157,28 +192,15 @@ class PatientRDBStorage(RDBStorage):
         return self.outage.call(lambda: super(PatientRDBStorage, self).create_new_study(
             directions, study_name), check)
 
-    def create_new_trial(self, study_id, template_trial=None):  # type: ignore[no-untyped-def]
-        base = super()
-        before = self.outage.call(lambda: base.get_n_trials(study_id))
-        started = time.time()
-
-        def check() -> tuple[bool, Any]:
-            # A trial this call created: new since the call began, and as created (RUNNING,
-            # nothing written to it yet); another worker's new trial has its worker attr.
-            for t in base.get_all_trials(study_id, deepcopy=False):
-                if (t.number >= before and t.state == TrialState.RUNNING and not t.user_attrs
-                        and not t.params and not t.intermediate_values
-                        and t.datetime_start is not None
-                        and t.datetime_start.timestamp() >= started - 5):
-                    return True, base.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            return False, None
-        return self.outage.call(lambda: base.create_new_trial(study_id, template_trial), check)
-
     def set_trial_state_values(self, trial_id, state, values=None):  # type: ignore[no-untyped-def]
         base = super()
 
         def check() -> tuple[bool, Any]:
             trial = base.get_trial(trial_id)
+            if state == TrialState.RUNNING and trial.state == TrialState.RUNNING:
+                # A WAITING trial popped: this worker's write or another's, no telling which;
+                # "not updated" makes Optuna take another one rather than share it.
+                return True, False
             if trial.state == state and (values is None or list(trial.values or []) == list(values)):
                 return True, True
             return False, None
@@ -214,7 +236,7 @@ for _name in ("get_study_id_from_name", "get_study_name_from_id", "get_study_dir
               "get_trial_number_from_id", "get_trial_param", "get_trial_params",
               "get_trial_user_attrs", "get_trial_system_attrs", "set_trial_param",
               "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-              "record_heartbeat", "check_trial_is_updatable", "get_best_trial"):
+              "record_heartbeat", "get_best_trial"):
     if hasattr(RDBStorage, _name):
         setattr(PatientRDBStorage, _name, _patient(_name))
 

@@ -123,6 +123,13 @@ def create_storage(url: str, heartbeat_interval: int | None = None,
         engine_kwargs: dict = {}
         if parsed.get_backend_name() != "sqlite":
             engine_kwargs["pool_pre_ping"] = True
+            # Bounded waits: a connect to a host that does not answer, or a connection a
+            # network partition cut silently, fails within seconds instead of blocking past
+            # the patience (libpq's and PyMySQL's own settings).
+            engine_kwargs["connect_args"] = (
+                {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                 "keepalives_interval": 10, "keepalives_count": 3}
+                if parsed.get_backend_name() == "postgresql" else {"connect_timeout": 10})
             return _rdb(url, engine_kwargs, heartbeat_interval, grace_period, patience_s)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
         return _open_sqlite(url, parsed.database, engine_kwargs, heartbeat_interval, grace_period)

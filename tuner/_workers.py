@@ -118,14 +118,13 @@ class TrialLost(Exception):
 
 
 def check_still_mine(study: optuna.Study, number: int) -> None:
-    """Raise :class:`TrialLost` unless trial ``number`` still RUNs in this worker. Called at
-    epoch boundaries: a worker that lost its trial stops before it writes anything more."""
+    """Raise :class:`TrialLost` unless trial ``number`` still RUNs. Called at epoch
+    boundaries: a worker whose trial another worker failed (to take its work over in a
+    trial of its own) stops before it writes anything more."""
     t = study.get_trials(deepcopy=False)[number]  # trial numbers are positions
-    owner = t.user_attrs.get(WORKER_ATTR)
-    if t.state != optuna.trial.TrialState.RUNNING or owner != worker_id():
-        raise TrialLost(f"trial {number} of {study.study_name} is {t.state.name}"
-                        + (f" and belongs to worker {owner}" if owner != worker_id() else "")
-                        + ": another worker took it over")
+    if t.state != optuna.trial.TrialState.RUNNING:
+        raise TrialLost(f"trial {number} of {study.study_name} is {t.state.name}: another "
+                        "worker took it over")
 
 
 def trial_is_gone(t: optuna.trial.FrozenTrial, hb: Heartbeat) -> bool:

@@ -11,30 +11,17 @@ import argparse
 import dataclasses
 import tomllib
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from model.setting import GROUPS, SETTING, Setting
+from model.setting import GROUPS, Setting
 
-from .config import PipelineConfig
+from .config import PipelineConfig, declared
 
 # --smoke: every phase at toy size (applies where a flag was not given explicitly).
 SMOKE: dict[str, Any] = {"preset": "ngram-tiny", "max_samples": 400, "sweep.epochs": 2,
                          "long_run.epochs": 4, "long_run.checkpoint_every": 2,
                          "crossover_trials": 4}
-_OWN = ("config", "smoke", "log_level", "debug")
-
-
-def declared(cls: type = PipelineConfig, prefix: str = "") -> Iterator[tuple[str, Any, Setting]]:
-    """(dotted field path, dataclass field, Setting) of every field that has a flag, in
-    declaration order, nested configs in place."""
-    for f in dataclasses.fields(cls):
-        path = f"{prefix}{f.name}"
-        if SETTING in f.metadata:
-            yield path, f, f.metadata[SETTING]
-        elif f.init and dataclasses.is_dataclass(f.default_factory):
-            yield from declared(f.default_factory, f"{path}.")
 
 
 def _dest(path: str) -> str:
@@ -114,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _toml_names() -> dict[str, str]:
     """TOML key -> parser dest: every flag name and older spelling (dashes or
     underscores), and the top-level field names older config files used."""
-    names = {k: k for k in _OWN}
+    own = [flags[0].removeprefix("--").replace("-", "_") for flags, *_ in OWN_FLAGS]
+    names = {name: name for name in own}
     for path, _, s in declared():
         for flag in s.flags:
             names[flag.removeprefix("--").replace("-", "_")] = _dest(path)
@@ -139,15 +127,17 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
         if dest is None or dest == "config":
             raise ValueError(f"{path}: unknown setting {key!r}; expected a run_study.py flag name")
         s = settings.get(dest)
-        if s is not None and s.switch is not None:
-            value = s.switch if value else None
+        if s is not None and s.switch is not None and key.replace("-", "_") == dest:
+            value = s.switch if value == s.switch else None  # the field's own name: its value
+        elif s is not None and s.switch is not None:
+            value = s.switch if value else None  # a flag's name: true means the flag is given
         elif s is not None and s.parse is not None and isinstance(value, list) and not s.repeat:
             value = ",".join(str(v) for v in value)
         defaults[dest] = value
     parser.set_defaults(**defaults)
 
 
-def _renamed(path: str, s: Setting, value: Any) -> Any:
+def _renamed(s: Setting, value: Any) -> Any:
     if isinstance(value, str) and value in s.renamed_values:
         new = s.renamed_values[value]
         warnings.warn(f"{s.flags[0]} {value} is deprecated: use {s.flags[0]} {new}",
@@ -168,7 +158,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             continue
         if s.parse is not None:
             value = tuple(s.parse(v) for v in value) if s.repeat else s.parse(value)
-        given[path] = _renamed(path, s, value)
+        given[path] = _renamed(s, value)
     data = given.get("data")
     if data is not None and Path(data).is_dir():
         for path in ("val_ratio", "test_ratio"):

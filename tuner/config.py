@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from model import PRESETS
 from model.hf import HF_LAYER_BLOCKS
-from model.setting import setting
+from model.setting import SETTING, Setting, setting
 from model.training import TrainConfig
 from storage.outage import DEFAULT_PATIENCE_S
 from storage.studies import default_storage_url
@@ -225,9 +228,20 @@ class PipelineConfig:
         return Monitor(self.monitor, self.min_delta)
 
 
+def declared(cls: type = PipelineConfig, prefix: str = "") -> Iterator[tuple[str, Any, Setting]]:
+    """(dotted field path, dataclass field, Setting) of every field that has a flag, in
+    declaration order, nested configs in place."""
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if SETTING in f.metadata:
+            yield path, f, f.metadata[SETTING]
+        elif f.init and dataclasses.is_dataclass(f.default_factory):
+            yield from declared(f.default_factory, f"{path}.")
+
+
 def storage_url(cfg: PipelineConfig) -> str:
     """The run's Optuna storage URL: ``--storage``, else SQLite in the backup folder."""
     return cfg.storage or default_storage_url(cfg.backup_dir, cfg.study)
 
 
-__all__ = ["PipelineConfig", "parse_device", "parse_names", "parse_task_kind", "storage_url"]
+__all__ = ["PipelineConfig", "declared", "parse_device", "parse_names", "parse_task_kind", "storage_url"]

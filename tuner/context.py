@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
+from model.data import EncodedData
 from model.groups import GroupSpec
 from model.tasks import TaskSpec
-from model.training import EncodedData
 from storage import Session
 
 from ._workers import Heartbeat

@@ -25,9 +25,10 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
+from model.data import EncodedData
 from model.groups import GroupSpec
 from model.tasks import TaskSpec
-from model.training import EncodedData, evaluate
+from model.training import evaluate
 from storage import crash_point, json_safe
 from storage.checkpoints import checkpoint_dir, load_tensors, verify_file
 

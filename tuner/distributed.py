@@ -31,8 +31,9 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
+from model.data import EncodedData
 from model.tasks import TaskSpec
-from model.training import EncodedData, Engine
+from model.training import Engine
 
 from ._workers import POLL_S
 

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.data import EncodedData, batch_indices
 from model.tasks import TaskCounts, TaskSpec, task_loss
-from model.training import EncodedData, batch_indices
 
 logger = logging.getLogger(__name__)
 

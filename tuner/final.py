@@ -23,9 +23,10 @@ from safetensors.torch import save as st_save
 from torch import nn
 from tqdm.auto import tqdm
 
+from model.data import EncodedData
 from model.groups import GroupSpec
 from model.tasks import TaskSpec
-from model.training import EncodedData, evaluate
+from model.training import evaluate
 from storage import Session, atomic_write_bytes, crash_point, json_safe
 from storage.checkpoints import EMA_FILE, checkpoint_dir, load_tensors, verify_file
 

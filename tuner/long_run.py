@@ -140,7 +140,8 @@ def _claim_trial(study: optuna.Study, trial: optuna.Trial, lr: float, hb: Heartb
 def run_long_run(study: optuna.Study, lr: float, cfg: LongRunConfig, train_cfg: TrainConfig,
                  ctx: RunContext, monitor: Monitor = VAL_LOSS) -> dict[str, Any] | None:
     """Train (or finish training) the long run, stopping early by ``monitor`` (see
-    ``tuner.early_stop``). Returns its summary, or None when another live worker owns it."""
+    ``tuner.early_stop``). Returns its summary, or None when another live worker owns it
+    (or took it over from this one: ``tuner._workers.check_still_mine``)."""
     hb = ctx.heartbeat
     if not _other_owner(study, hb):
         lost: list[str] = []

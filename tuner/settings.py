@@ -1,7 +1,8 @@
 """What a study was run with, so a rerun resumes it only with the same settings.
 
-The first run writes ``settings.json`` into the session folder (and the same dict as a
-user attr of each Optuna study): the format version of the session layout and every
+The first run writes ``settings.json`` into the session folder (and the same settings
+into each Optuna study's user attrs, one readable attr per group: ``record_study_settings``):
+the format version of the session layout and every
 setting that shapes results, with the sha256 of the data file and of a ``--model``
 factory's source. A rerun compares; a difference is refused with a diff, because
 resuming would silently mix two experiments.
@@ -18,7 +19,7 @@ from typing import Any
 from storage import Session, json_safe, read_json
 from storage.checkpoints import sha256_file
 
-from .config import PipelineConfig
+from .config import PipelineConfig, declared
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,11 @@ def _has_evidence(session: Session) -> bool:
     return any(p.is_file() for p in session.root.rglob("*.json"))
 
 
+def _may_change_flags() -> list[str]:
+    flags = {path: s.flags[0] for path, _, s in declared()}
+    return [flags[k] for k in MAY_CHANGE if k in flags]
+
+
 def check_settings(session: Session, cfg: PipelineConfig) -> dict[str, Any]:
     """Compare this run's settings with the session's; write them on its first run.
 
@@ -139,8 +145,7 @@ def check_settings(session: Session, cfg: PipelineConfig) -> dict[str, Any]:
             "resumes it only with the same ones:\n" + "\n".join(diff) + "\n"
             "Rerun with the old settings to resume, or start a new study with --study "
             "<new name> (or another --backup-dir). Settings a rerun may change: "
-            "--crossover-trials, --stop-after, --no-wait, --heartbeat-interval, --grace-period, "
-            "--no-progress, --log-level, --debug.")
+            f"{', '.join(_may_change_flags())}, --log-level, --debug.")
     return old
 
 
@@ -157,8 +162,6 @@ def record_study_settings(study: Any, settings: dict[str, Any]) -> None:
     """Record ``settings`` in a study's user attrs, one attr per group of settings
     (``settings.data``, ``settings.train``, ...) and ``settings.format_version``, so the
     dashboard shows them as short readable values rather than one long line."""
-    from .cli import declared  # the --help groups of the top-level settings
-
     groups = {path: s.group for path, _, s in declared() if "." not in path}
     parts: dict[str, dict[str, Any]] = {}
     for key, value in sorted(settings["settings"].items()):

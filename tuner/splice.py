@@ -19,9 +19,10 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from model.data import EncodedData
 from model.groups import GroupSpec
 from model.tasks import TaskSpec
-from model.training import EncodedData, evaluate
+from model.training import evaluate
 from storage.checkpoints import load_tensors
 
 from .crossover import assemble_state, verified_group_file

@@ -54,6 +54,10 @@ def _anchor(flag: str) -> str:
 
 
 def render_parser(cli) -> str:
+    from tuner.config import PipelineConfig
+    from tuner.settings import fingerprint
+
+    recorded = set(fingerprint(PipelineConfig()))
     rows = _flags(cli)
     lines = []
     for group in cli.GROUPS:
@@ -65,7 +69,7 @@ def render_parser(cli) -> str:
             text = _escape(row["help"])
             if row["default"] is not None:
                 text += f" (default: {_escape(row['default'])})"
-            if row["key"] is not None:
+            if row["key"] in recorded:  # what shapes results: a rerun must keep it
                 text += f"; recorded as `{row['key']}` in settings.json"
             lines += [f":   {text}", ""]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ has its flag, the flag sets that field, and the names older config files used st
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -21,17 +22,42 @@ def _get(cfg: object, path: str) -> object:
     return cfg
 
 
+# A value other than the default for the settings a generic one would not fit.
+_OTHER = {"monitor": "val_acc", "device": None, "sweep.lr_grid": "0.1,0.2",
+          "label_fields": "a,b", "task_kinds": "a=multi", "grace_period": "200",
+          "train.ema_decay": "0.99"}
+
+
+def _other_value(path: str, f, s) -> str | None:
+    """Text for the flag that gives the field a value other than its default."""
+    if path in _OTHER:
+        return _OTHER[path]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if s.choices is not None:
+        return str(next(c for c in s.choices if c != default))
+    if s.type is int:
+        return str((default or 1) + 1)
+    if s.type is float:
+        return str(round(default * 0.9, 6) if default else 0.5)
+    return f"{default}x" if default else "x.toml"
+
+
 def test_every_declared_setting_has_its_flag_in_help_and_the_flag_sets_that_field():
     help_text = build_parser().format_help()
     paths = [path for path, _, _ in declared()]
     assert len(paths) == len(set(paths)) >= 45
     for path, f, s in declared():
-        assert s.flags[0] in help_text, path
+        assert re.search(rf"(?<![\w-]){re.escape(s.flags[0])}(?![\w-])", help_text), path
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert _get(_cfg([]), path) == default, path  # unset: the dataclass default
         if s.switch is not None:
             assert _get(_cfg([s.flags[0]]), path) == s.switch, path
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        assert _get(_cfg([]), path) == default, path
+        text = _other_value(path, f, s)
+        if text is None:
+            continue  # --device: another value needs a GPU here
+        value = _get(_cfg([s.flags[0], text]), path)
+        assert value != default, (path, text)
 
 
 @pytest.mark.parametrize(("argv", "path", "value"), [
@@ -77,3 +103,14 @@ def test_a_bad_list_value_names_its_flag():
         _cfg(["--lr-grid", "1e-3,fast"])
     with pytest.raises(ValueError, match="--task-kind must look like FIELD="):
         _cfg(["--task-kind", "label"])
+
+
+def test_a_switch_named_by_its_field_in_toml_takes_the_fields_value(tmp_path):
+    # "wait = false" means what the field says (leave at once); "no_wait = true" is the flag.
+    for text, wait in (("wait = false\n", False), ("wait = true\n", True),
+                       ("no_wait = true\n", False), ("no-wait = false\n", True)):
+        config = tmp_path / "study.toml"
+        config.write_text(text)
+        parser = build_parser()
+        apply_config_file(parser, str(config))
+        assert config_from_args(parser.parse_args([])).wait is wait, text
