@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -15,9 +15,6 @@ from model.groups import GroupSpec
 from model.training import tensor_stats
 from storage import Session
 from storage.checkpoints import save_checkpoint
-
-if TYPE_CHECKING:
-    from .long_run import LongRunConfig
 
 
 def detailed_metrics(model: torch.nn.Module, spec: GroupSpec, metrics: dict,
@@ -70,10 +67,10 @@ def progress_report(epoch: int, total_epochs: int, checkpoints: Sequence[int],
 
 
 def write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metrics: dict,
-                     history: list[dict], cfg: LongRunConfig, checkpoints: list[int],
-                     session: Session, with_ema: bool) -> None:
-    """The modular checkpoint of ``epoch`` and its evidence files; ``epoch`` joins
-    ``checkpoints``."""
+                     history: list[dict], max_epochs: int, dtype: torch.dtype | None,
+                     checkpoints: list[int], session: Session, with_ema: bool) -> None:
+    """The modular checkpoint of ``epoch`` (group weights at ``dtype``, None: as trained)
+    and its evidence files; ``epoch`` joins ``checkpoints``."""
     # The EMA is read from the last checkpoint only (the "ema" candidate of phase 4): the
     # other checkpoints do not store it, which halves their size (the resume state has it).
     ema = None
@@ -83,13 +80,13 @@ def write_checkpoint(root: Path, epoch: int, engine: Any, spec: GroupSpec, metri
                                      "overfit_gap")}
     basic["val_module_loss"] = metrics["val_module_loss"]
     save_checkpoint(root, epoch, engine.model, spec, basic, ema,
-                    cfg.narrowed_dtype)
+                    dtype)
     if epoch not in checkpoints:
         checkpoints.append(epoch)
     session.write_json(f"checkpoints/metrics_epoch_{epoch:03d}.json",
                        detailed_metrics(engine.model, spec, metrics, history))
     session.write_json(f"checkpoints/progress_report_epoch_{epoch:03d}.json",
-                       progress_report(epoch, cfg.epochs, checkpoints, history))
+                       progress_report(epoch, max_epochs, checkpoints, history))
 
 
 __all__ = ["detailed_metrics", "progress_report", "write_checkpoint"]

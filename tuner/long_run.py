@@ -260,8 +260,8 @@ def _train_ranks(study: optuna.Study, trial: optuna.Trial, lr: float, cfg: LongR
             decision = decide(history, [*checkpoints, epoch], monitor, primary, spec, rule)
             # The checkpoint the run ends at keeps the EMA (phase 4's "ema" candidate).
             last = decision["stop"] or epoch + cfg.checkpoint_every > cfg.epochs
-            write_checkpoint(root, epoch, engine, spec, metrics, history, cfg, checkpoints,
-                              ctx.session, with_ema=last)
+            write_checkpoint(root, epoch, engine, spec, metrics, history, cfg.epochs,
+                             cfg.narrowed_dtype, checkpoints, ctx.session, with_ema=last)
         # Resume state before the Optuna report: a crash in between re-reports from it.
         tensors, plain = engine.state_dict()
         save_resume(root / "resume", epoch, tensors, {"engine": plain, "lr": lr, "history": history})
