@@ -44,7 +44,7 @@ except ImportError:
     sys.modules.update({"tqdm": types.ModuleType("tqdm"), "tqdm.auto": _stub})
 
 from model import build_model, preset_config
-from model.activations import OUTSIDE, measure_saved, profile_activations
+from model.activations import OUTSIDE, is_stacked, measure_saved, profile_activations
 from model.memory import GIB, TrainShape, encoders_of, plan_memory
 from model.optimizers import available
 from model.tasks import EMBEDDED_TASKS
@@ -228,7 +228,7 @@ def check_activations(device: str, rows: int, length: int) -> list[str]:
             estimate = profile_activations(plain.to(device), batch).estimate(
                 rows, min(length, limit), checkpointing=ckpt)
             measured = measure_saved(model, rows, min(length, limit), batch)
-            kept = {n: (m.inputs if ckpt and n.rsplit(".", 1)[-1].isdigit() else m.saved)
+            kept = {n: (m.inputs if ckpt and is_stacked(n) else m.saved)
                     for n, m in measured.items() if not (ckpt and n == OUTSIDE)}
             worst = max(abs(estimate[n] - b) / b for n, b in kept.items() if b > 0)
             lines.append(f"| {preset} | {'yes' if ckpt else 'no'} | {len(kept)} | "

@@ -43,6 +43,12 @@ def activation_units(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, 
             yield path, child
 
 
+def is_stacked(name: str) -> bool:
+    """Whether layer ``name`` is an item of a stack (an ``nn.ModuleList``): the layers
+    activation checkpointing recomputes."""
+    return name != OUTSIDE and name.rsplit(".", 1)[-1].isdigit()
+
+
 @dataclass
 class Measured:
     """One layer's measured bytes at one shape."""
@@ -157,11 +163,10 @@ class ActivationProfile:
         for name, parts in self.coefficients.items():
             saved = at(parts["saved_float"]) * scale + at(parts["saved_other"])
             full[name] = int(saved)
-            stacked = name != OUTSIDE and name.rsplit(".", 1)[-1].isdigit()
-            out[name] = int(at(parts["inputs"]) * scale) if checkpointing and stacked else int(saved)
+            out[name] = (int(at(parts["inputs"]) * scale) if checkpointing and is_stacked(name)
+                         else int(saved))
         if checkpointing:
-            stacked = [full[n] for n in full if n != OUTSIDE and n.rsplit(".", 1)[-1].isdigit()]
-            out["(recompute)"] = max(stacked, default=0)
+            out["(recompute)"] = max((b for n, b in full.items() if is_stacked(n)), default=0)
         return out
 
 
@@ -186,5 +191,5 @@ def profile_activations(model: nn.Module,
     return ActivationProfile(coefficients, width)
 
 
-__all__ = ["OUTSIDE", "PROFILE_LENGTHS", "ActivationProfile", "Measured", "activation_units",
+__all__ = ["OUTSIDE", "PROFILE_LENGTHS", "ActivationProfile", "Measured", "activation_units", "is_stacked",
            "measure_saved", "profile_activations"]

@@ -133,12 +133,18 @@ def encoders_of(model: nn.Module) -> list[Encoder]:
     return out
 
 
-def profiled_activation_bytes(profile: ActivationProfile, shape: TrainShape) -> int:
-    """Activations of a profiled model for one micro-batch of ``shape`` (R-Drop doubles
-    the rows; with checkpointing, stacked layers keep their inputs plus one recompute)."""
+def profiled_activation_layers(profile: ActivationProfile, shape: TrainShape) -> dict[str, int]:
+    """Activations of a profiled model per layer for one micro-batch of ``shape`` (R-Drop
+    doubles the rows; with checkpointing, stacked layers keep their inputs plus one
+    recompute)."""
     act = 4 if shape.precision == "fp32" else 2
     rows = shape.batch_size * (2 if shape.r_drop else 1)
-    return sum(profile.estimate(rows, shape.seq_len, act, shape.activation_checkpointing).values())
+    return profile.estimate(rows, shape.seq_len, act, shape.activation_checkpointing)
+
+
+def profiled_activation_bytes(profile: ActivationProfile, shape: TrainShape) -> int:
+    """``profiled_activation_layers`` summed."""
+    return sum(profiled_activation_layers(profile, shape).values())
 
 
 def plan_memory(model: nn.Module, shape: TrainShape,
@@ -318,5 +324,6 @@ __all__ = [
     "plan_memory",
     "plan_table",
     "profiled_activation_bytes",
+    "profiled_activation_layers",
     "tensor_bytes",
 ]

@@ -21,6 +21,7 @@ from model.memory import (
     fit_options,
     plan_memory,
     plan_table,
+    profiled_activation_layers,
 )
 from model.optimizers import OPTIMIZERS, OPTIONS, available, check_choice
 from model.training import resolve_precision
@@ -165,10 +166,8 @@ def memory_plan(cfg: PipelineConfig, model: torch.nn.Module, max_length: int,
                 cfg.long_run.epochs // cfg.long_run.checkpoint_every,
                 str(stored).removeprefix("torch."), disk["checkpoints"] / GIB,
                 disk["ema"] / GIB, disk["resume_states"] / GIB)
-    final = _shape(cfg, max_length)
-    layers = (profile.estimate(final.batch_size * (2 if final.r_drop else 1), final.seq_len,
-                               4 if final.precision == "fp32" else 2,
-                               final.activation_checkpointing) if profile is not None else None)
+    layers = (profiled_activation_layers(profile, _shape(cfg, max_length))
+              if profile is not None else None)
     return cfg, {"components_bytes": parts, "budget_gib": budget, "chosen": chosen,
                  "activations_from": source, "activation_bytes_by_layer": layers,
                  "optimizer": cfg.train.optimizer,
