@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import gc
 import json
 import logging
@@ -246,4 +247,7 @@ __all__ = ["SMOKE", "build_parser", "build_predict_parser", "config_from_args", 
 
 
 if __name__ == "__main__":
+    # A crash in native code (torch, gloo, a database driver) prints every thread's Python
+    # stack, not a bare "Signal 11" in torchrun's failure report.
+    faulthandler.enable()
     sys.exit(main())

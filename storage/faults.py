@@ -5,7 +5,9 @@ Off (one dict lookup) unless an environment variable asks for it:
 - ``REDHEART_CRASH_TRACE=<file>``: append every point reached, one ``label#n`` per line
   (``n``: the n-th time this process reached ``label``), so a test can pick points from
   an unbroken run;
-- ``REDHEART_CRASH_AT=<label#n>``: SIGKILL this process when it reaches that point;
+- ``REDHEART_CRASH_AT=<label#n>``: SIGKILL this process when it reaches that point (in a
+  torchrun job only in its first attempt, so that a job restarted by ``--max-restarts``
+  runs on past the point, as it would after a one-off crash);
 - ``REDHEART_STALL_AT=<label#n>=<seconds>``: sleep that long there (an epoch that takes
   longer than other workers' patience), with every other thread running on.
 
@@ -37,7 +39,7 @@ def crash_point(label: str) -> None:
     if trace:
         with open(trace, "a", encoding="utf-8") as fh:
             fh.write(key + "\n")
-    if key == target:
+    if key == target and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         os.kill(os.getpid(), signal.SIGKILL)
     if stall and stall.rpartition("=")[0] == key:
         time.sleep(float(stall.rpartition("=")[2]))

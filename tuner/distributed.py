@@ -124,7 +124,11 @@ def process_group(launch: Launch, device: str) -> Iterator[None]:
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world,
+    # A store of this job attempt's own: the agent's store outlives a restart
+    # (--max-restarts), and with the default one a restarted rank can read the address an
+    # earlier attempt's rank published and fail to connect ("Connection refused").
+    store = dist.PrefixStore(launch.key("process_group"), job_store(launch))
+    dist.init_process_group(backend, store=store, rank=launch.rank, world_size=launch.world,
                             timeout=COLLECTIVE_TIMEOUT)
     logger.info("rank %d of %d joined the long run's process group (%s)", launch.rank,
                 launch.world, backend)
