@@ -21,7 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .outage import DEFAULT_PATIENCE_S, Outage, PatientRDBStorage
+from .outage import DEFAULT_PATIENCE_S, Outage, PatientRDBStorage, is_connection_error
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _enable_wal(path: Path) -> None:
         con.close()
 
 
-_SQLITE_ATTEMPTS = 6
+_CREATE_ATTEMPTS = 6
 
 
 def _rdb(url: str, engine_kwargs: dict, heartbeat_interval: int | None,
@@ -68,19 +68,23 @@ def _rdb(url: str, engine_kwargs: dict, heartbeat_interval: int | None,
                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period)
 
 
-def _open_sqlite(url: str, database: str | None, engine_kwargs: dict,
-                 heartbeat_interval: int | None = None, grace_period: int | None = None) -> RDBStorage:
-    """Two workers starting on a new SQLite file race to create its tables (one gets
-    "table already exists", an IntegrityError on the version row or "database is locked"):
-    the loser waits a moment and opens what the winner created."""
-    for attempt in range(_SQLITE_ATTEMPTS):
+def _open_racing(url: str, database: str | None, engine_kwargs: dict,
+                 heartbeat_interval: int | None, grace_period: int | None,
+                 patience_s: float | None) -> RDBStorage:
+    """Workers started together on a new database race to create Optuna's tables: the
+    losers get "table already exists" or an IntegrityError on the version row (on
+    PostgreSQL a duplicate key in ``pg_type`` too; on SQLite "database is locked") and
+    wait a moment, then open what the winner created. A lost connection is not retried
+    here: the outage patience (``PatientRDBStorage``) has waited for it already."""
+    for attempt in range(_CREATE_ATTEMPTS):
         try:
-            if database and database != ":memory:":
+            if database and database != ":memory:" and url.startswith("sqlite"):
                 _enable_wal(Path(database))
-            return _rdb(url, engine_kwargs, heartbeat_interval, grace_period)
+            return _rdb(url, engine_kwargs, heartbeat_interval, grace_period, patience_s)
         except Exception as e:
-            retry = "sqlalchemy" in type(e).__module__ or isinstance(e, sqlite3.OperationalError)
-            if not retry or attempt == _SQLITE_ATTEMPTS - 1:
+            retry = (("sqlalchemy" in type(e).__module__ or isinstance(e, sqlite3.OperationalError))
+                     and not is_connection_error(e))
+            if not retry or attempt == _CREATE_ATTEMPTS - 1:
                 raise
             logger.info("storage %s: %s while opening it (another worker creating it?); retrying",
                         mask_url(url), type(e).__name__)
@@ -130,9 +134,11 @@ def create_storage(url: str, heartbeat_interval: int | None = None,
                 {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
                  "keepalives_interval": 10, "keepalives_count": 3}
                 if parsed.get_backend_name() == "postgresql" else {"connect_timeout": 10})
-            return _rdb(url, engine_kwargs, heartbeat_interval, grace_period, patience_s)
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
-        return _open_sqlite(url, parsed.database, engine_kwargs, heartbeat_interval, grace_period)
+        else:
+            engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+            patience_s = None  # a file has no server to wait for
+        return _open_racing(url, parsed.database, engine_kwargs, heartbeat_interval,
+                            grace_period, patience_s)
     except (ArgumentError, ImportError, OSError, sqlite3.Error, optuna.exceptions.StorageInternalError) as e:
         raise ValueError(f"storage {shown} cannot be opened: {type(e).__name__}: "
                          f"{mask_url(str(e)) if '://' in str(e) else e}") from None

@@ -4,6 +4,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
+from pathlib import Path
 
 import optuna
 import pytest
@@ -87,24 +90,43 @@ from storage.studies import create_storage
 start = float(sys.argv[2])
 while time.time() < start:
     pass
-create_storage("sqlite:///" + sys.argv[1])
+create_storage(sys.argv[1])
 """
+
+
+def _open_together(url: str, workers: int) -> None:
+    """``workers`` processes open ``url`` at the same instant (after their imports)."""
+    root = Path(__file__).resolve().parents[2]
+    start = str(time.time() + 2.0)
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, url, start], cwd=root,
+                              stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * workers, errs
 
 
 def test_two_processes_creating_the_same_new_sqlite_file_both_open_it(tmp_path):
     """Without the retry, about one start in three lost the table-creation race."""
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
     for i in range(4):
-        start = str(time.time() + 1.5)  # both start at the same instant, after the import
-        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, str(tmp_path / f"n{i}.db"), start],
-                                  cwd=root, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        errs = [p.communicate(timeout=60)[1] for p in procs]
-        assert [p.returncode for p in procs] == [0, 0], errs
+        _open_together(f"sqlite:///{tmp_path / f'n{i}.db'}", 2)
+
+
+@pytest.mark.slow
+def test_three_processes_creating_optunas_tables_in_a_new_postgresql_database_all_open_it(
+        postgres_url):
+    """Workers started together on an empty database: without the retry, two of three
+    failed with an IntegrityError on Optuna's version row (seen in CI)."""
+    import psycopg
+
+    base, dsn = postgres_url.rsplit("/", 1)[0], postgres_url.replace("+psycopg", "")
+    for _ in range(2):
+        name = f"race{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"create database {name}")
+        try:
+            _open_together(f"{base}/{name}", 3)
+        finally:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"drop database {name} with (force)")
 
 
 def test_an_unknown_storage_scheme_names_the_schemes_that_work():
