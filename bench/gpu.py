@@ -26,6 +26,7 @@ checks the next epoch is bit-identical to an unbroken run's.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -248,6 +249,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="timed optimizer steps per option")
     p.add_argument("--rows", type=int, default=10_000, help="rows of the projected long run")
     p.add_argument("--epochs", type=int, default=60, help="epochs of the projected long run")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the options' results and the activation table here")
     args = p.parse_args()
     started = time.perf_counter()
     name = torch.cuda.get_device_name(args.device) if _cuda(args.device) else "cpu"
@@ -286,13 +289,21 @@ def main() -> None:
             print(f"   {r['option']}: measured / planned peak = {r['peak_gib'] / r['planned_gib']:.3f}")
     best = min((r for r in [*capped, uncapped] if r["fits"]), key=lambda r: r["micro_batch_s"],
                default=None)
+    hours = None
     if best is not None:
         hours = best["micro_batch_s"] * (args.rows / args.batch) * args.epochs / 3600
         print(f"\n4. projected long run ({args.epochs} epochs x {args.rows:,} rows, "
               f"{best['option']}, training only): {hours:.1f} h")
     print(f"\n5. activations per layer, the scaled profile against a measurement "
           f"({args.batch} x {min(args.length, 128)}):")
-    print("\n".join(check_activations(args.device, args.batch, min(args.length, 128))))
+    activations = check_activations(args.device, args.batch, min(args.length, 128))
+    print("\n".join(activations))
+    if args.json is not None:
+        worst = [float(row.split("|")[4].strip().rstrip("%")) for row in activations[2:]]
+        args.json.write_text(json.dumps({
+            "device": name, "capped": capped, "uncapped": uncapped, "budget_gib": budget,
+            "projected_hours": hours, "worst_activation_layer_pct": max(worst, default=None)},
+            indent=2), encoding="utf-8")
     print(f"\nbench/gpu.py finished in {time.perf_counter() - started:.0f} s")
 
 

@@ -84,7 +84,8 @@ def measure_saved(model: nn.Module, rows: int, seq_len: int,
     """Bytes per layer that one training forward of ``model`` saves for backward, for a
     batch of ``rows`` x ``seq_len`` (``batch(rows, seq_len)`` makes the inputs; default:
     random token ids in [5, 200) and a full mask, what every model here reads)."""
-    make = batch or _token_batch
+    device = next(model.parameters()).device
+    make = batch or (lambda r, s: _token_batch(r, s, device))
     units = list(activation_units(model))
     stack: list[str] = []
     out: dict[str, Measured] = {name: Measured() for name, _ in units}
@@ -133,10 +134,11 @@ def measure_saved(model: nn.Module, rows: int, seq_len: int,
     return out
 
 
-def _token_batch(rows: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_batch(rows: int, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Drawn on the CPU (the seeded generator is a CPU one), then moved to the model's device.
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 200, (rows, seq_len), generator=generator)
-    return ids, torch.ones(rows, seq_len, dtype=torch.bool)
+    ids = torch.randint(5, 200, (rows, seq_len), generator=generator, device="cpu")
+    return ids.to(device), torch.ones(rows, seq_len, dtype=torch.bool, device=device)
 
 
 @dataclass

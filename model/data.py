@@ -38,7 +38,10 @@ class EncodedData:
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
     """Index batches over n rows; shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    # On the CPU, wherever training runs: the indices pick rows of the CPU-held data, and
+    # only the picked batch moves to the device (EncodedData.batch).
+    order = (torch.randperm(n, generator=generator, device="cpu") if generator is not None
+             else torch.arange(n, device="cpu"))
     yield from order.split(batch_size)
 
 

@@ -88,7 +88,7 @@ def correct_rows(spec: TaskSpec, pred: torch.Tensor, target: torch.Tensor) -> to
         return (pred.argmax(-1) == target).sum()
     if spec.kind == "multi":
         return ((pred > 0) == (target > 0.5)).all(-1).sum()
-    return torch.zeros((), dtype=torch.long)
+    return torch.zeros((), dtype=torch.long, device=pred.device)
 
 
 @dataclass

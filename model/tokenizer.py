@@ -48,7 +48,8 @@ class ByteTokenizer:
         """
         encoded = [self.encode(t) for t in texts]
         length = max((len(e) for e in encoded), default=1)
-        ids = torch.full((len(encoded), length), PAD_ID, dtype=torch.long)
+        # Encoded data lives on the CPU; batches move to the training device one at a time.
+        ids = torch.full((len(encoded), length), PAD_ID, dtype=torch.long, device="cpu")
         for row, e in enumerate(encoded):
-            ids[row, : len(e)] = torch.tensor(e, dtype=torch.long)
+            ids[row, : len(e)] = torch.tensor(e, dtype=torch.long, device="cpu")
         return ids, ids != PAD_ID

@@ -417,7 +417,8 @@ def _global_norm(params: Sequence[nn.Parameter]) -> torch.Tensor:
             squares.append(p.grad.values().float().pow(2).sum())
         else:
             dense.append(p.grad)
-    norm = torch.nn.utils.get_total_norm(dense) if dense else torch.zeros(())
+    norm = (torch.nn.utils.get_total_norm(dense) if dense
+            else torch.zeros((), device=params[0].device))
     if not squares:
         return norm
     return (norm.float().pow(2) + torch.stack(squares).sum()).sqrt()
@@ -437,7 +438,7 @@ def _trend_figures(step_losses: torch.Tensor) -> tuple[float, float]:
     q = max(1, n // 4)
     first, last = step_losses[:q].mean(), step_losses[-q:].mean()
     efficiency = float((first - last) / first.clamp(min=1e-12))
-    x = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    x = torch.linspace(0.0, 1.0, n, dtype=torch.float64, device=step_losses.device)
     y = step_losses.double()
     slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
     return efficiency, float(-slope / y.mean().clamp(min=1e-12))
@@ -481,13 +482,15 @@ def train_one_epoch(engine: Engine, data: EncodedData, epoch: int) -> dict:
     torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_919 * engine.rank)
     batches = list(batch_indices(len(data), cfg.batch_size, epoch_generator(cfg.seed, epoch)))
     params = [p for p in model.parameters() if p.requires_grad]
-    correct = torch.zeros((), dtype=torch.long)
+    # The epoch's sums stay on the training device: adding to them never waits for the
+    # GPU, and they are read once, after the loop (phase 5).
+    correct = torch.zeros((), dtype=torch.long, device=device)
     group_grads: dict[str, dict[str, float]] = {}
-    fused_sum = torch.zeros((), dtype=torch.float64)
-    objective_sum = torch.zeros((), dtype=torch.float64)
+    fused_sum = torch.zeros((), dtype=torch.float64, device=device)
+    objective_sum = torch.zeros((), dtype=torch.float64, device=device)
     step_losses: list[torch.Tensor] = []   # one per optimizer step (mean over its micro-batches)
     grad_norms: list[torch.Tensor] = []
-    group_loss = torch.zeros((), dtype=torch.float64)
+    group_loss = torch.zeros((), dtype=torch.float64, device=device)
     # LRs of this epoch's first step, per optimizer group (the cosine moves them every step).
     lrs = {g.get("name", str(k)): float(g["lr"])
            for k, g in enumerate(engine.optimizer.param_groups)}

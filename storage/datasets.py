@@ -63,15 +63,17 @@ class Dataset:
             values = [r[f.field] for r in records]
             if f.kind == "single":
                 index = {c: i for i, c in enumerate(f.classes)}
-                targets[f.name] = torch.tensor([index[v] for v in values], dtype=torch.long)
+                targets[f.name] = torch.tensor([index[v] for v in values], dtype=torch.long,
+                                               device="cpu")
             elif f.kind == "multi":
                 index = {c: i for i, c in enumerate(f.classes)}
-                hot = torch.zeros(len(values), len(f.classes))
+                hot = torch.zeros(len(values), len(f.classes), device="cpu")
                 for row, labels in enumerate(values):
                     hot[row, [index[v] for v in labels]] = 1.0
                 targets[f.name] = hot
             else:
-                targets[f.name] = torch.tensor(values, dtype=torch.float32).reshape(-1, 1)
+                targets[f.name] = torch.tensor(values, dtype=torch.float32,
+                                               device="cpu").reshape(-1, 1)
         return EncodedData(ids, mask, targets)
 
 

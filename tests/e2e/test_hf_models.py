@@ -68,8 +68,11 @@ def test_llrd_gives_lower_layers_smaller_learning_rates(folders):
 
 
 def _run(tmp_path, *extra: str) -> subprocess.CompletedProcess:
-    # The fewest settings that run every phase, with two checkpoints for the soups.
-    return subprocess.run([sys.executable, str(ROOT / "run_study.py"), "--smoke", "--no-progress",
+    # The fewest settings that run every phase, with two checkpoints for the soups; under the
+    # device guard (tests/_device_guard.py), so the hf: path and the splice make no tensor
+    # off the run's device.
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "_guarded_run.py"), "--smoke",
+                           "--no-progress",
                            "--backup-dir", str(tmp_path / "runs"), *MINIMAL, "--epochs", "4",
                            *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
