@@ -15,9 +15,11 @@
     python bench/gpu.py                       # on the lent GPU (about 3-4 minutes)
     python bench/gpu.py --device cpu --big tiny --length 32 --accum 2   # a dry run anywhere
 
+bench/gpu_check.py runs it as its last step, after a smoke run killed and resumed on the device.
+
 The options: plain AdamW, activation checkpointing, the EMA on the CPU, and with torchao
-installed (the lent machine has no registry: carry its wheel and
-``pip install --no-deps --no-index <wheel>`` first) bf16 weights with 8-bit AdamW and AdamW
+installed (the lent machine has no registry: install from a wheelhouse, docs/memory.md,
+"An air-gapped GPU node") bf16 weights with 8-bit AdamW and AdamW
 offloaded to the CPU, each alone and with checkpointing and the CPU EMA. With torchao, step 1
 also trains both of its optimizers on the GPU, resumes them from a state round trip and
 checks the next epoch is bit-identical to an unbroken run's.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shlex
 import subprocess
 import sys
 
@@ -44,11 +46,21 @@ def test_the_comparison_counts_differing_values_and_tells_a_changed_decision():
     assert gpu_check.compare(a, b)["same_decisions"] is False
 
 
+def _documented(name: str) -> list[str]:
+    """The one-line command docs/memory.md shows under ``<!-- name: run by this file -->``."""
+    text = (ROOT / "docs" / "memory.md").read_text(encoding="utf-8")
+    found = re.search(rf"<!-- {name}: run by tests/bench/test_gpu_check.py -->\n```bash\n(.+)\n```",
+                      text)
+    assert found, f"docs/memory.md has no block marked {name!r}"
+    return shlex.split(found.group(1))
+
+
 @pytest.mark.slow
 def test_the_dry_run_smokes_kills_resumes_compares_and_benches(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run",
-                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
+    argv = _documented("gpu-check-dry-run")
+    assert argv[:2] == ["python", "bench/gpu_check.py"] and argv[-2] == "--out"
+    out = subprocess.run([sys.executable, *argv[1:-1], str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     steps = {s["name"]: s for s in summary["steps"]}
