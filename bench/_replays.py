@@ -17,10 +17,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from run_study import parse_config  # noqa: E402
+from tuner.final_choice import SINGLE_CHECKPOINTS  # noqa: E402
+from tuner.monitor import Monitor  # noqa: E402
 from tuner.replay import replay  # noqa: E402
+from tuner.uncertainty import BootstrapConfig, pooled_paired, two_level  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the replays' trials, one line each
 
@@ -108,3 +112,76 @@ def final_row(results: dict) -> dict:
 def pts(values: list[float]) -> str:
     mean, lo, hi = t_interval(values)
     return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else f"{mean:+.2f}"
+
+
+# ------------------------------------------------------------------ pooled over the seeds
+
+def predictions(out: Path) -> dict:
+    """A replay's final/test_predictions.json: the test rows' targets and each candidate's
+    predicted class per row."""
+    return json.loads((out / "r" / STUDY / "final" / "test_predictions.json").read_text())
+
+
+def _right(pred: dict, name: str) -> np.ndarray:
+    return (np.asarray(pred["predicted"][name]) == np.asarray(pred["target"])).astype(float)
+
+
+def _pts(found: dict) -> str:
+    lo, hi = found["ci"]
+    return f"{100 * found['diff']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+COMPARISONS = (("final", REFERENCE), ("final", "linear_baseline"),
+               ("optimized_crossover", "uniform_soup"), ("greedy_soup", REFERENCE))
+
+
+def pooled_table(results: list[dict], preds: list[dict], resamples: int = 2000) -> list[str]:
+    """Test-accuracy differences pooled over every test row of every seed: a bootstrap of
+    rows within each seed, and a two-level one (seeds, then rows)."""
+    cfg = BootstrapConfig(resamples=resamples, seed=0)
+    lines = ["| comparison (test accuracy, points) | pooled [95%] | two-level [95%] | rows | "
+             "seeds |", "|---|---|---|---|---|"]
+    for a, b in COMPARISONS:
+        diffs = []
+        for res, pred in zip(results, preds, strict=True):
+            name = res["crossover_recipe"]["method"] if a == "final" else a
+            diffs.append(_right(pred, name) - _right(pred, b))
+        pooled, both = pooled_paired(diffs, cfg), two_level(diffs, cfg)
+        lines.append(f"| {a} vs {b} | {_pts(pooled)} | {_pts(both)} | {pooled['rows']:,} | "
+                     f"{pooled['runs']} |")
+    return lines
+
+
+def _old_rule(res: dict) -> str:
+    """The single model best on the val columns under the monitor (the rule before the
+    held-out selection rows)."""
+    monitor = Monitor(res["monitor"])
+    primary = next(iter(res["test_table"][0]["val_task_metrics"]))
+    pool = [r for r in res["test_table"] if r["single_model"] and not r.get("reference")]
+    return min(pool, key=lambda r: monitor.key(r, primary))["candidate"]
+
+
+RULES = {
+    "always the best single checkpoint": lambda res: REFERENCE,
+    "always the nominee (best combined on the search rows)":
+        lambda res: res["final_choice"]["nominee"] or REFERENCE,
+    "best single model on the search rows (the rule before)": _old_rule,
+    "the rule: the nominee when confirmed on the selection rows":
+        lambda res: res["final_choice"]["final"],
+}
+
+
+def rules_table(results: list[dict], preds: list[dict], resamples: int = 2000) -> list[str]:
+    """Per rule: its pooled test-accuracy gain over the best single checkpoint, how often it
+    picks a combined model, and its mean gain when it does."""
+    cfg = BootstrapConfig(resamples=resamples, seed=0)
+    lines = ["| rule | pooled gain over best single [95%] | two-level [95%] | picks combined | "
+             "mean gain when it does |", "|---|---|---|---|---|"]
+    for label, rule in RULES.items():
+        picks = [rule(res) for res in results]
+        diffs = [_right(p, pick) - _right(p, REFERENCE) for p, pick in zip(preds, picks, strict=True)]
+        combined = [d for d, pick in zip(diffs, picks, strict=True) if pick not in SINGLE_CHECKPOINTS]
+        when = (f"{100 * float(np.concatenate(combined).mean()):+.2f}" if combined else "-")
+        lines.append(f"| {label} | {_pts(pooled_paired(diffs, cfg))} | "
+                     f"{_pts(two_level(diffs, cfg))} | {len(combined)} of {len(picks)} | {when} |")
+    return lines

@@ -7,7 +7,12 @@ sample, the split and the initialisation), then replays phases 3-4 on copies of 
 session under every --monitors x --methods combination (``tuner.replay``: no retraining).
 Prints, per combination, each candidate's mean paired test-accuracy gain over the best
 single checkpoint with a 95% t-interval across seeds, the final model against the linear
-baseline, and each combination's final model against the default combination's.
+baseline, and each combination's final model against the default combination's; then,
+pooled over every test row of every seed (a bootstrap of rows within each seed, and a
+two-level one: seeds, then rows), the final model against the best single checkpoint and the
+linear baseline, the optimized crossover against the uniform soup, the greedy soup against
+the best single checkpoint, and each final-choice rule's gain, how often it picks a combined
+model and its gain when it does.
 
     python bench/crossover_gain.py                     # seeds 0 1 2
     python bench/crossover_gain.py --trained runs/x    # sessions trained already: runs/x/seed_<s>
@@ -23,7 +28,18 @@ import statistics
 import time
 from pathlib import Path
 
-from _replays import REFERENCE, final_row, phase_seconds, pts, replay_one, rows, train
+from _replays import (
+    REFERENCE,
+    final_row,
+    phase_seconds,
+    pooled_table,
+    predictions,
+    pts,
+    replay_one,
+    rows,
+    rules_table,
+    train,
+)
 
 CLAIM = "the strategy's claim: single model 75-80% -> crossover 85-90% (+5 to +15 pts)"
 
@@ -41,6 +57,7 @@ def main() -> None:
     combos = [(m, s) for m in args.monitors for s in args.methods]
     default = combos[0]
     results: dict[tuple[str, str], list[dict]] = {c: [] for c in combos}
+    preds: dict[tuple[str, str], list[dict]] = {c: [] for c in combos}
     for seed in args.seeds:
         trained = Path(args.trained or workdir) / f"seed_{seed}"
         if args.trained is None:
@@ -50,6 +67,7 @@ def main() -> None:
             res, wall = replay_one(seed, trained, out, extra, monitor=monitor,
                                    sweet_spot_method=method)
             results[(monitor, method)].append(res)
+            preds[(monitor, method)].append(predictions(out))
             times = phase_seconds(out / "replay.log")
             print(f"seed {seed} {monitor:<10} {method:<12} phases 3-4 {wall:5.0f} s (phase 3 "
                   f"{times.get('3', '?')} s)  final "
@@ -84,6 +102,15 @@ def main() -> None:
         kinds = ", ".join(r["crossover_recipe"]["method"] for r in results[combo])
         print(f"{combo[0] + ' / ' + combo[1]:<28}{statistics.fmean(accs):>10.4f}{pts(single):>22}"
               f"{pts(base):>24}{pts(vs_default):>30}   {kinds}")
+
+
+    for combo in combos:
+        print(f"\n{combo[0]} / {combo[1]}: pooled over the {sum(len(p['target']) for p in preds[combo]):,} "
+              f"test rows of {n} seeds (bootstrap of rows within each seed; two-level: seeds, "
+              "then rows; 2,000 resamples)\n")
+        print("\n".join(pooled_table(results[combo], preds[combo])))
+        print()
+        print("\n".join(rules_table(results[combo], preds[combo])))
 
 
 if __name__ == "__main__":

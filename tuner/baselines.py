@@ -37,6 +37,10 @@ class BaselineConfig:
     c_grid: tuple[float, ...] = (10.0, 100.0, 1000.0)
     alpha_grid: tuple[float, ...] = (0.1, 1.0, 10.0)
     max_iter: int = 1000
+    # A best C (alpha) at an edge of its grid is not bracketed: the grid grows by a factor
+    # of 10 past that edge, up to this many times, until the best is inside it (on the
+    # default run C = 1000, the top of the grid, had been chosen).
+    max_extensions: int = 3
 
     def __post_init__(self) -> None:
         if not 1 <= self.ngram_min <= self.ngram_max:
@@ -46,6 +50,23 @@ class BaselineConfig:
             raise ValueError(f"c_grid must hold values > 0, got {self.c_grid!r}")
         if not self.alpha_grid or min(self.alpha_grid) <= 0:
             raise ValueError(f"alpha_grid must hold values > 0, got {self.alpha_grid!r}")
+        if self.max_extensions < 0:
+            raise ValueError(f"max_extensions must be >= 0, got {self.max_extensions!r}")
+
+
+def next_value(scores: Mapping[float, float], extended: int, cfg: BaselineConfig) -> float | None:
+    """The next value to try so the best is bracketed: 10x past the edge the best sits on,
+    or None when it is inside the grid (or the extensions are used up). Ties keep the
+    smaller value, as the choice does."""
+    if extended >= cfg.max_extensions or len(scores) < 2:
+        return None
+    values = sorted(scores)
+    best = max(values, key=lambda v: (scores[v], -v))
+    if best == values[-1]:
+        return values[-1] * 10.0
+    if best == values[0]:
+        return values[0] / 10.0
+    return None
 
 
 def majority_class(train: Mapping[str, torch.Tensor], tasks: Sequence[TaskSpec],
@@ -133,10 +154,12 @@ def linear_baseline(texts: Mapping[str, Sequence[str]], targets: Mapping[str, Ma
     chosen: dict[str, dict[str, Any]] = {}
     for spec in tasks:
         y = targets["train"][spec.name].numpy()
-        grid = cfg.alpha_grid if spec.kind == "regression" else cfg.c_grid
-        scores = {}
-        best = None
-        for value in grid:
+        todo = list(cfg.alpha_grid if spec.kind == "regression" else cfg.c_grid)
+        scores: dict[float, float] = {}
+        fits = {}
+        extended = 0
+        while todo:
+            value = todo.pop(0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 if spec.kind == "single":
@@ -151,12 +174,18 @@ def linear_baseline(texts: Mapping[str, Sequence[str]], targets: Mapping[str, Ma
             # Larger is better: accuracy, micro-F1, minus the MSE; ties keep the smaller value.
             score = m.get("accuracy") if spec.kind == "single" else (
                 m.get("micro_f1") if spec.kind == "multi" else -m["mse"])
-            scores[value] = score
-            if best is None or score > best[0]:
-                best = (score, value, fn)
-        _, value, fn = best
+            scores[value], fits[value] = score, fn
+            if not todo:
+                more = next_value(scores, extended, cfg)
+                if more is not None:
+                    todo.append(more)
+                    extended += 1
+        value = max(sorted(scores), key=lambda v: (scores[v], -v))
+        fn = fits[value]
+        inside = min(scores) < value < max(scores)
         chosen[spec.name] = {"alpha" if spec.kind == "regression" else "C": value,
-                             "val_scores": {f"{v:g}": s for v, s in scores.items()}}
+                             "val_scores": {f"{v:g}": s for v, s in sorted(scores.items())},
+                             "bracketed": inside}
         for split in preds:
             preds[split][spec.name] = fn(x[split])
         logger.info("linear baseline, task %s: %s %g chosen on val (%s)", spec.name,
@@ -171,4 +200,4 @@ def linear_baseline(texts: Mapping[str, Sequence[str]], targets: Mapping[str, Ma
     return preds, how
 
 
-__all__ = ["BaselineConfig", "linear_baseline", "majority_class"]
+__all__ = ["BaselineConfig", "linear_baseline", "majority_class", "next_value"]

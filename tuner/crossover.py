@@ -192,16 +192,28 @@ class ResumableTPESampler(optuna.samplers.BaseSampler):
 QUEUED_ATTR = "queued_recipe"  # parameters queued before TPE (sweet spots, best single, soup)
 
 
-def _queued_or_done(study: optuna.Study, params: Mapping[str, int],
-                    states: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.RUNNING,
-                                                      TrialState.WAITING)) -> bool:
-    """Whether a trial with exactly these parameters is in one of ``states`` (by default:
-    finished, running or waiting)."""
+DUPLICATE_ATTR = "same_recipe_as"  # a trial whose window equals an earlier trial's
+
+
+def canonical_params(params: Mapping[str, Any], choices: Sequence[int]) -> dict[str, int]:
+    """The parameters of the recipe ``params`` stand for: a window that reaches back past
+    the first checkpoint is clipped there, so (end 4, span 3) and (end 4, span 2) over
+    checkpoints 2, 4, 6 are the same recipe and the same canonical parameters."""
+    return recipe_params(params_recipe(params, choices), choices)
+
+
+def _same_recipe(study: optuna.Study, params: Mapping[str, int], choices: Sequence[int],
+                 states: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.RUNNING,
+                                                   TrialState.WAITING),
+                 ) -> optuna.trial.FrozenTrial | None:
+    """The first trial in one of ``states`` (by default: finished, running or waiting)
+    whose recipe is the recipe of ``params`` (compared canonically), or None."""
+    want = canonical_params(params, choices)
     for t in study.get_trials(deepcopy=False, states=states):
         found = t.params or t.user_attrs.get(QUEUED_ATTR, {})
-        if {g: int(e) for g, e in found.items()} == dict(params):
-            return True
-    return False
+        if found and canonical_params(found, choices) == want:
+            return t
+    return None
 
 
 def run_crossover_study(
@@ -239,6 +251,18 @@ def run_crossover_study(
             params[g] = trial.suggest_categorical(g, choices)
             params[g + SPAN] = trial.suggest_int(g + SPAN, 1, len(choices))
         recipe = params_recipe(params, choices)
+        # The same recipe under other parameters (a clipped window) is not evaluated again:
+        # the trial completes with the earlier value, so it counts toward n_trials and TPE
+        # reads the same history an unbroken run would.
+        earlier = _same_recipe(study, params, choices, states=(TrialState.COMPLETE,))
+        if earlier is not None:
+            trial.set_user_attr(DUPLICATE_ATTR, earlier.number)
+            for key in ("val_loss", "val_acc", "val_task_metrics"):
+                if key in earlier.user_attrs:
+                    trial.set_user_attr(key, earlier.user_attrs[key])
+            logger.info("crossover trial %d: %s is trial %d's recipe -> %s %.4f", trial.number,
+                        recipe, earlier.number, monitor.name, earlier.value)
+            return float(earlier.value)
         bad = sorted(recipe_epochs(recipe) & set(damaged))
         if bad:
             trial.set_user_attr("skipped", f"uses damaged checkpoint epochs {bad}")
@@ -259,9 +283,9 @@ def run_crossover_study(
     # again and still runs before the next one, so the completed trials (which TPE reads in
     # order) come out as in an unbroken run.
     for params in queue:
-        if _queued_or_done(study, params, states=(TrialState.COMPLETE,)):
+        if _same_recipe(study, params, choices, states=(TrialState.COMPLETE,)):
             continue
-        if not _queued_or_done(study, params):
+        if not _same_recipe(study, params, choices):
             study.enqueue_trial(params, user_attrs={QUEUED_ATTR: params})
         study.optimize(objective, n_trials=1, catch=(), show_progress_bar=False)
     # Pruned trials (damaged epochs) do not count: top up until n_trials completed, with a

@@ -4,10 +4,11 @@ Every candidate is made from the long run's checkpoints and chosen on val; the t
 is read only here, to report. Candidates build their weights on demand, so at most one
 candidate's weights (plus a soup's running sum) are in memory at a time.
 
-The final model is the single-weights candidate best on val under the run's monitor (a
-prediction ensemble is several models, so it is reported but cannot be that one file),
-written as one safetensors file with its recipe; loading it into a fresh model reproduces
-the reported metrics exactly.
+The final model is the best single checkpoint, or the single-weights candidate best on the
+search rows when it beats that checkpoint on the held-out selection rows by more than noise
+(``tuner.final_choice``; a prediction ensemble is several models, so it is reported but
+cannot be that one file), written as one safetensors file with its recipe; loading it into a
+fresh model reproduces the reported metrics exactly.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from .ensembles import (
     split_outputs,
     variant_recipes,
 )
+from .final_choice import REFERENCE, RULE, ChoiceConfig, decide, nominee, paired_gain
+from .holdout import HeldOutRows
 from .monitor import VAL_LOSS, Monitor
 from .report import fmt
 from .uncertainty import BootstrapConfig, confidence, verdict
@@ -150,12 +153,15 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
                      progress: bool = False,
                      references: Mapping[str, tuple[dict, SplitPredictions]] | None = None,
                      bootstrap: BootstrapConfig | None = None,
-                     monitor: Monitor = VAL_LOSS) -> list[dict]:
+                     monitor: Monitor = VAL_LOSS,
+                     predictions: dict[str, Any] | None = None) -> list[dict]:
     """Val and test metrics of every candidate (test only when the split is not empty),
     then the reference rows (name -> (how, split -> task -> predictions)), each marked
     ``reference: true``. With a single-label primary task and a test split, every row
     carries ``test_ci``: accuracy and macro-F1 with 95% bootstrap intervals and the
-    paired difference against ``best_single_checkpoint`` (same resampled rows)."""
+    paired difference against ``best_single_checkpoint`` (same resampled rows).
+    ``predictions``, when given, receives the test rows' targets and every row's predicted
+    classes (``test_predictions``), so paired differences can be pooled across runs."""
     primary = tasks[0]
     splits = {"val": val, **({"test": test} if len(test) else {})}
     rows = []
@@ -175,11 +181,13 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
                 test_guess[cand.name] = out["test"][0][primary.name]
         rows.append(json_safe(_row(cand.name, cand.how, metrics["val"], metrics.get("test"),
                                    primary.name, cand.single_model)))
-        if cand.single_model and _best_single(rows, monitor, primary.name)["candidate"] == cand.name:
-            # Keep the best single model's exact weights for the final file; drop the rest
-            # (one model's weights in memory, not eight).
+        if cand.single_model and (cand.name == REFERENCE
+                                  or nominee(rows, monitor, primary.name) == cand.name):
+            # Keep the exact weights of the two models the final choice compares (the best
+            # single checkpoint and the best other single model so far); drop the rest.
             for other in candidates:
-                other.kept_state = None
+                if other.name not in (REFERENCE, cand.name):
+                    other.kept_state = None
             cand.kept_state = state
         _log_row(rows[-1])
     for name, (how, preds) in (references or {}).items():
@@ -194,6 +202,8 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
     if primary.kind == "single" and "test" in splits and reference in test_guess:
         guesses = {k: v.argmax(-1).numpy() for k, v in test_guess.items()}
         target = test.targets[primary.name].numpy()
+        if predictions is not None:
+            predictions.update(test_predictions(guesses, target, primary.name))
         ci = confidence(guesses, target, reference, bootstrap or BootstrapConfig())
         # Every row against the linear baseline too (same resampled rows), for the verdict
         # on the final model.
@@ -205,6 +215,13 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
                                        if k.endswith("_vs_linear_baseline")}
             r["verdict"] = verdict(name, ci[name], reference)
     return rows
+
+
+def test_predictions(guesses: Mapping[str, Any], target: Any, task: str) -> dict[str, Any]:
+    """The primary task's predicted class per test row, per candidate, with the targets:
+    what ``final/test_predictions.json`` keeps, for paired comparisons pooled over runs."""
+    return {"task": task, "rows": len(target), "target": [int(t) for t in target],
+            "predicted": {k: [int(x) for x in v] for k, v in guesses.items()}}
 
 
 def _log_row(r: dict) -> None:
@@ -224,18 +241,51 @@ def _best_single(rows: Sequence[dict], monitor: Monitor, primary: str) -> dict:
                key=lambda r: selection_key(r, monitor, primary))
 
 
+def choose_final(model: nn.Module, candidates: Sequence[Candidate], table: Sequence[dict],
+                 selection: HeldOutRows, tasks: Sequence[TaskSpec], device: str = "cpu",
+                 monitor: Monitor = VAL_LOSS, cfg: ChoiceConfig | None = None) -> dict[str, Any]:
+    """The final choice (``tuner.final_choice``): the nominee of the search rows against the
+    best single checkpoint on the held-out selection rows, the only read of those rows."""
+    primary = tasks[0].name
+    nominated = nominee(table, monitor, primary)
+    by_name = {c.name: c for c in candidates}
+    if nominated is None or REFERENCE not in by_name:
+        return decide(None, None) | {"rule": RULE, "monitor": monitor.name}
+    outputs, metrics = {}, {}
+    with selection.opened("final choice") as rows:
+        for name in (REFERENCE, nominated):
+            cand = by_name[name]
+            model.load_state_dict(cand.kept_state if cand.kept_state is not None else cand.state(),
+                                  strict=True)
+            outputs[name] = split_outputs(model, rows, device=device)
+            metrics[name] = prediction_metrics(*outputs[name], tasks)
+    gain = paired_gain(monitor, outputs[REFERENCE], outputs[nominated], tasks,
+                       cfg or ChoiceConfig())
+    decision = decide(nominated, gain)
+    logger.info("final choice: %s", decision["reason"])
+    return decision | {"rule": RULE, "monitor": monitor.name,
+                       "selection_metrics": {k: {"loss": m["loss"], "acc": m["acc"],
+                                                 "task_metrics": m["task_metrics"]}
+                                             for k, m in metrics.items()}}
+
+
 def write_final_model(session: Session, table: Sequence[dict],
                       candidates: Sequence[Candidate], monitor: Monitor = VAL_LOSS,
-                      primary: str = "") -> dict[str, Any]:
-    """The best single-model candidate on val under the monitor (``selection_key``), as
-    final/optimal_crossover_model.safetensors + final/recipe.json."""
-    best = _best_single(table, monitor, primary)
+                      primary: str = "", decision: Mapping[str, Any] | None = None,
+                      ) -> dict[str, Any]:
+    """The final model as final/optimal_crossover_model.safetensors + final/recipe.json:
+    ``decision["final"]`` (``choose_final``); without a decision, the best single-model
+    candidate on val under the monitor (``selection_key``)."""
+    best = (next(r for r in table if r["candidate"] == decision["final"]) if decision
+            else _best_single(table, monitor, primary))
     cand = next(c for c in candidates if c.name == best["candidate"])
     state = cand.kept_state if cand.kept_state is not None else cand.state()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write_bytes(session.path(FINAL_MODEL), st_save(tensors))
-    recipe = {"method": best["candidate"], **cand.how,
-              "chosen_on": f"{monitor.describe()}, among single models", "monitor": monitor.name,
+    chosen_on = (f"{decision['rule']}; monitor {monitor.describe()}" if decision
+                 else f"{monitor.describe()}, among single models")
+    recipe = {"method": best["candidate"], **cand.how, "chosen_on": chosen_on,
+              "monitor": monitor.name,
               "val_loss": best["val_loss"], "test_loss": best["test_loss"],
               "val_acc": best["val_acc"], "test_acc": best["test_acc"]}
     session.write_json("final/recipe.json", json_safe(recipe))
@@ -249,5 +299,5 @@ def load_final_model(model: nn.Module, session_root: Path) -> nn.Module:
     return model
 
 
-__all__ = ["FINAL_MODEL", "HF_FINAL", "Candidate", "build_candidates", "build_test_table", "load_final_model",
-           "write_final_model"]
+__all__ = ["FINAL_MODEL", "HF_FINAL", "Candidate", "build_candidates", "build_test_table",
+           "choose_final", "load_final_model", "test_predictions", "write_final_model"]

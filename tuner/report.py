@@ -163,12 +163,36 @@ def test_section(results: Mapping[str, Any], primary: str) -> list[str]:
                       f"accuracy, {verdict(final['candidate'], ci, 'linear_baseline')}; test "
                       f"macro-F1, {verdict(final['candidate'], ci, 'linear_baseline', 'macro_f1')}."]
     return [*lines, "", "![Test table](test_table.png)", "", "## Final model", "",
-            f"`final/optimal_crossover_model.safetensors`: **{recipe['method']}**, the single "
-            f"model best on val under {recipe.get('chosen_on', 'val accuracy')} (val accuracy "
-            f"{recipe['val_acc']:.4f}, val loss {recipe['val_loss']:.4f}); test loss "
-            f"{fmt(recipe['test_loss'])}, test accuracy {fmt(recipe['test_acc'])}. A prediction "
+            f"`final/optimal_crossover_model.safetensors`: **{recipe['method']}** (val accuracy "
+            f"{recipe['val_acc']:.4f}, val loss {recipe['val_loss']:.4f}; test loss "
+            f"{fmt(recipe['test_loss'])}, test accuracy {fmt(recipe['test_acc'])}). A prediction "
             "ensemble is several models, so it is reported but not a candidate for this file. "
-            "Recipe in `final/recipe.json`.", ""]
+            "Recipe in `final/recipe.json`.", "", *final_choice_lines(results)]
+
+
+def final_choice_lines(results: Mapping[str, Any]) -> list[str]:
+    """How the final model was chosen: the rule, the rows, the nominee and its gain."""
+    choice = results.get("final_choice")
+    if not choice:
+        recipe = results["crossover_recipe"]
+        return [f"Chosen as the single model best on val under {recipe.get('chosen_on', 'val')}.", ""]
+    split = choice["val_split"]
+    lines = [f"**How it was chosen.** The rule, fixed before any test score is read: "
+             f"{choice['rule']}. Val was split once ({split['rule']}): "
+             f"{split['search_rows']} search rows fitted and nominated every candidate (the "
+             f"table's val columns), {split['selection_rows']} selection rows were read by this "
+             f"choice alone. Monitor: {choice['monitor']}.", ""]
+    if choice.get("nominee") is None:
+        return [*lines, f"No candidate to nominate: {choice['reason']}.", ""]
+    gain = choice["selection_gain"]
+    sel = choice["selection_metrics"]
+    return [*lines, "| on the selection rows | loss | accuracy |", "|---|---|---|",
+            *[f"| {name} | {m['loss']:.4f} | {m['acc']:.4f} |" for name, m in sel.items()], "",
+            f"Nominee **{choice['nominee']}**: gain {gain['gain']:+.4g} in {choice['monitor']}, "
+            f"one-sided {gain['level']:.0%} lower bound {gain['lower_bound']:+.4g} "
+            f"({gain['resamples']} paired resamples of the {gain['rows']} selection rows): "
+            f"{'confirmed' if choice['confirmed'] else 'not confirmed'}; final model "
+            f"**{choice['final']}**.", ""]
 
 
 def render_markdown(results: Mapping[str, Any], analysis: Mapping[str, Any],
@@ -247,8 +271,12 @@ def run_summary(selection: Mapping[str, Any] | None, analysis: Mapping[str, Any]
     if results:
         table = {r["candidate"]: r for r in results["test_table"]}
         final = results["crossover_recipe"]["method"]
-        lines += [f"final model  {final} (chosen by {results.get('monitor', 'val_loss')} on val)",
-                  _row_line(final, table.get(final))]
+        choice = results.get("final_choice")
+        how = (f"nominee {choice['nominee']}, {'confirmed' if choice['confirmed'] else 'not confirmed'}"
+               f" on the held-out selection rows by {results.get('monitor', 'val_loss')}"
+               if choice and choice.get("nominee") else
+               f"chosen by {results.get('monitor', 'val_loss')} on val")
+        lines += [f"final model  {final} ({how})", _row_line(final, table.get(final))]
         if final != "best_single_checkpoint":
             lines.append(_row_line("best_single_checkpoint", table.get("best_single_checkpoint")))
         lines.append(_row_line("linear_baseline", table.get("linear_baseline")))

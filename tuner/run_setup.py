@@ -23,7 +23,7 @@ from .distributed import Launch
 from .factory import config_max_length, group_summary, model_builder
 from .memory_policy import memory_plan, recorded_before_optimizers
 from .prepare import load_data
-from .settings import check_settings
+from .settings import as_recorded, check_settings
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def setup_run(cfg: PipelineConfig, launch: Launch | None) -> RunSetup:
     max_length = config_max_length(cfg)
     build_fn = model_builder(cfg, tuple(dataset.tasks), max_length)
     model, spec = build_fn()  # a bad --model or preset fails here, before any trial starts
-    cfg, memory = memory_plan(recorded_before_optimizers(cfg), model, max_length,
+    cfg, memory = memory_plan(as_recorded(recorded_before_optimizers(cfg)), model, max_length,
                               launch.world if launch else 1)
     if cfg.activation_checkpointing:
         build_fn = model_builder(cfg, tuple(dataset.tasks), max_length)

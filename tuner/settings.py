@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,14 @@ SETTINGS_ATTR = "settings"
 MAY_CHANGE = ("crossover_trials", "stop_after", "train.progress", "wait", "heartbeat_interval",
               "grace_period", "storage_patience", "activation_checkpointing", "gpu_memory_gib",
               "train.ema_device")
-# Settings added since a session may have been recorded, with the value that session ran
-# with: absent from its record and at that value now is no difference.
-_ADDED = {"train.optimizer": "adamw"}
+# Settings added since a session may have been recorded: absent from its record and at this
+# value now is no difference. The value that session ran with, or, for rules of phase 3 that
+# a resume recomputes from the long run's reports (nothing it decided is kept), the default.
+_ADDED = {"train.optimizer": "adamw", "overfit.floor_rows": 3, "overfit.min_candidates": 2,
+          "train.ema_half_life": 0.0}
+# Of those, the ones whose new default would change what a resumed run trains: a session
+# recorded without them runs on with the value it had (``as_recorded``).
+_KEPT_AS_RECORDED = {"train.ema_half_life": 0.0}
 # Settings recorded by earlier versions that no longer exist: not a difference.
 _RETIRED = ("stale_after_s",)
 # Flags that name the study rather than shape it (another value is another study).
@@ -89,6 +94,26 @@ def fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.groups_file is not None and Path(cfg.groups_file).is_file():
         flat["groups.sha256"] = sha256_file(Path(cfg.groups_file))
     return flat
+
+
+def as_recorded(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` with the settings of ``_KEPT_AS_RECORDED`` at the value an existing session
+    ran with, where its record predates them and the run asks for the default (a value
+    asked for on the command line is compared, and refused, as any other)."""
+    path = Path(cfg.backup_dir) / cfg.study / SETTINGS_FILE
+    if not path.is_file():
+        return cfg
+    try:
+        recorded = read_json(path).get("settings", {})
+    except (OSError, ValueError, AttributeError):
+        return cfg  # check_settings names what is wrong with it
+    train = cfg.train
+    defaults = type(train)()
+    for key, old in _KEPT_AS_RECORDED.items():
+        name = key.removeprefix("train.")
+        if key not in recorded and getattr(train, name) == getattr(defaults, name):
+            train = replace(train, **{name: old})
+    return replace(cfg, train=train)
 
 
 def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -205,5 +230,5 @@ def check_study_settings(study: Any, settings: dict[str, Any]) -> None:
 
 
 __all__ = ["FORMAT_VERSION", "MAY_CHANGE", "IncompatibleSession", "SettingsChanged",
-           "check_settings", "check_study_settings", "fingerprint", "record_study_settings",
+           "as_recorded", "check_settings", "check_study_settings", "fingerprint", "record_study_settings",
            "settings_diff", "study_settings"]

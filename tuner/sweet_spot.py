@@ -11,6 +11,13 @@ Overfitting criteria (which one decides is a setting; the report shows all):
 (Prechelt, "Early Stopping - But When?", 1998.) Each criterion's overfitting point is the
 last checkpoint before the epoch at which it fires; None when it never fires.
 
+Noise never fires a criterion: with ``n`` val rows, a rise counts only when it is more than
+``floor_rows`` rows' worth: ``floor_rows / n`` of an error rate (accuracy, F1: fewer rows
+changing their answer is within what a resample of val moves), ``floor_rows / n`` of the
+value for a loss (what ``floor_rows`` rows could add by doubling their loss). And the point
+is never before the ``min_candidates``-th checkpoint, so every group keeps that many
+candidate epochs (on a small or flat val curve GL had fired at once and left each group one).
+
 The criteria watch the run's monitor (``tuner.monitor``): the val loss, or the error
 (1 - value) of an accuracy or F1. ``gap-rise`` and PQ's training progress read the losses,
 the only quantity measured on train every epoch.
@@ -28,7 +35,7 @@ A group without its own losses is scored by splicing whatever the method.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +62,11 @@ class OverfitConfig:
     pq_alpha: float = 2.0
     strip: int = 5
     up_strips: int = 3
+    # A rise smaller than this many val rows' worth never counts (module docstring).
+    floor_rows: int = 3
+    # The overfitting point is never before this checkpoint (1-based), so every group keeps
+    # at least this many candidate epochs.
+    min_candidates: int = 2
 
     def __post_init__(self) -> None:
         if self.decide_by not in CRITERIA:
@@ -67,23 +79,43 @@ class OverfitConfig:
             raise ValueError(f"strip must be >= 2, got {self.strip!r}")
         if self.up_strips < 1:
             raise ValueError(f"up_strips must be >= 1, got {self.up_strips!r}")
+        if self.floor_rows < 0:
+            raise ValueError(f"floor_rows must be >= 0, got {self.floor_rows!r}")
+        if self.min_candidates < 1:
+            raise ValueError(f"min_candidates must be >= 1, got {self.min_candidates!r}")
 
 
-def gap_rise_rule(epochs: Sequence[int], gaps: Sequence[float], rises: int = 3) -> int | None:
-    """Epoch at which the gap has risen ``rises`` checkpoints in a row (None if never)."""
+def noise_floor(value: float, rows: int | None, floor_rows: int, rate: bool) -> float:
+    """The smallest rise of ``value`` that counts with ``rows`` val rows: ``floor_rows /
+    rows`` of an error rate (``rate``), that share of the value itself for a loss; 0 when the
+    rows are unknown."""
+    if not rows or floor_rows <= 0:
+        return 0.0
+    share = floor_rows / rows
+    return share if rate else share * abs(value)
+
+
+def gap_rise_rule(epochs: Sequence[int], gaps: Sequence[float], rises: int = 3,
+                  floors: Sequence[float] | None = None) -> int | None:
+    """Epoch at which the gap has risen ``rises`` checkpoints in a row (None if never); a
+    rise counts when it is more than ``floors[i]`` (default 0)."""
     run = 0
     for i in range(1, len(gaps)):
-        run = run + 1 if gaps[i] > gaps[i - 1] else 0
+        floor = floors[i] if floors is not None else 0.0
+        run = run + 1 if gaps[i] > gaps[i - 1] + floor else 0
         if run >= rises:
             return epochs[i]
     return None
 
 
-def gl_rule(epochs: Sequence[int], val: Sequence[float], alpha: float) -> int | None:
+def gl_rule(epochs: Sequence[int], val: Sequence[float], alpha: float,
+            floor: Callable[[float], float] = lambda best: 0.0) -> int | None:
+    """The first epoch whose GL exceeds ``alpha`` by a rise over the best so far of more
+    than ``floor(best)``."""
     best = math.inf
     for e, v in zip(epochs, val, strict=True):
         best = min(best, v)
-        if _generalization_loss(v, best) > alpha:
+        if v - best > floor(best) and _generalization_loss(v, best) > alpha:
             return e
     return None
 
@@ -96,7 +128,7 @@ def _generalization_loss(v: float, best: float) -> float:
 
 
 def pq_rule(epochs: Sequence[int], train: Sequence[float], val: Sequence[float], alpha: float,
-            k: int) -> int | None:
+            k: int, floor: Callable[[float], float] = lambda best: 0.0) -> int | None:
     best = math.inf
     for i, (e, v) in enumerate(zip(epochs, val, strict=True)):
         best = min(best, v)
@@ -104,42 +136,56 @@ def pq_rule(epochs: Sequence[int], train: Sequence[float], val: Sequence[float],
             continue
         strip = train[i - k + 1: i + 1]
         progress = 1000.0 * (sum(strip) / (k * min(strip)) - 1.0)
-        gl = _generalization_loss(v, best)
+        gl = _generalization_loss(v, best) if v - best > floor(best) else 0.0
         # Training that has stalled (P_k = 0) while val is above its best: PQ is infinite.
         if gl > 0 and (progress <= 0 or gl / progress > alpha):
             return e
     return None
 
 
-def up_rule(epochs: Sequence[int], val: Sequence[float], k: int, s: int) -> int | None:
+def up_rule(epochs: Sequence[int], val: Sequence[float], k: int, s: int,
+            floor: Callable[[float], float] = lambda before: 0.0) -> int | None:
     ends = [(epochs[i], val[i]) for i in range(k - 1, len(val), k)]
     run = 0
     for j in range(1, len(ends)):
-        run = run + 1 if ends[j][1] > ends[j - 1][1] else 0
+        run = run + 1 if ends[j][1] > ends[j - 1][1] + floor(ends[j - 1][1]) else 0
         if run >= s:
             return ends[j][0]
     return None
 
 
-def _checkpoint_before(fired: int | None, checkpoints: Sequence[int], rises: int = 0) -> int | None:
+def _checkpoint_before(fired: int | None, checkpoints: Sequence[int], rises: int = 0,
+                       min_candidates: int = 1) -> int | None:
     """The last checkpoint before ``fired`` (``rises`` checkpoints back for gap-rise); the
     first checkpoint when it fires before any (overfitting before the first checkpoint is
-    still overfitting, not "never")."""
+    still overfitting, not "never"); never before the ``min_candidates``-th checkpoint."""
     if fired is None:
         return None
     earlier = [c for c in checkpoints if c < fired]
     if rises and len(earlier) >= rises:
-        return earlier[-rises]
-    return earlier[-1] if earlier else (min(checkpoints) if checkpoints else None)
+        point = earlier[-rises]
+    else:
+        point = earlier[-1] if earlier else (min(checkpoints) if checkpoints else None)
+    ordered = sorted(checkpoints)
+    if point is not None and ordered:
+        point = max(point, ordered[min(min_candidates, len(ordered)) - 1])
+    return point
 
 
 def overfitting_points(history: Sequence[Mapping[str, Any]], checkpoints: Sequence[int],
                        cfg: OverfitConfig = OverfitConfig(), monitor: Monitor = VAL_LOSS,
-                       primary: str = "") -> dict[str, dict[str, Any]]:
+                       primary: str = "", val_rows: int | None = None,
+                       ) -> dict[str, dict[str, Any]]:
     """Per criterion: the epoch it fires at and the overfitting point (a checkpoint).
 
     GL, PQ and UP watch the monitor's error (``Monitor.error``); gap-rise and PQ's training
-    progress read the train and val losses."""
+    progress read the train and val losses. ``val_rows``: how many val rows the reports
+    were measured on, for the noise floor (None: no floor)."""
+    rate = monitor.accuracy_like
+
+    def floor(value: float) -> float:
+        return noise_floor(value, val_rows, cfg.floor_rows, rate)
+
     epochs = [h["epoch"] for h in history]
     train = [h["train_loss"] for h in history]
     error = [monitor.error(h, primary) for h in history]
@@ -147,17 +193,19 @@ def overfitting_points(history: Sequence[Mapping[str, Any]], checkpoints: Sequen
     ck_epochs = [h["epoch"] for h in at_ckpt]
     gaps = [h["val_loss"] - h["train_loss"] for h in at_ckpt]
     fired = {
-        "gap-rise": gap_rise_rule(ck_epochs, gaps, cfg.rises),
-        "gl": gl_rule(epochs, error, cfg.gl_alpha),
-        "pq": pq_rule(epochs, train, error, cfg.pq_alpha, cfg.strip),
-        "up": up_rule(epochs, error, cfg.strip, cfg.up_strips),
+        "gap-rise": gap_rise_rule(ck_epochs, gaps, cfg.rises,
+                                  [noise_floor(h["val_loss"], val_rows, cfg.floor_rows, False)
+                                   for h in at_ckpt]),
+        "gl": gl_rule(epochs, error, cfg.gl_alpha, floor),
+        "pq": pq_rule(epochs, train, error, cfg.pq_alpha, cfg.strip, floor),
+        "up": up_rule(epochs, error, cfg.strip, cfg.up_strips, floor),
     }
     out = {}
     for name, epoch in fired.items():
         # The strategy's point is the checkpoint before the run of rises; the others, the
         # last checkpoint before the epoch at which they fire.
-        point = (_checkpoint_before(epoch, ck_epochs, cfg.rises) if name == "gap-rise"
-                 else _checkpoint_before(epoch, ck_epochs))
+        point = _checkpoint_before(epoch, ck_epochs, cfg.rises if name == "gap-rise" else 0,
+                                   cfg.min_candidates)
         out[name] = {"fires_at_epoch": epoch, "overfitting_point": point,
                      "watches": "val - train loss gap" if name == "gap-rise"
                      else f"the error of {monitor.name}"}
@@ -213,6 +261,7 @@ def find_sweet_spots(
     method: str = "module-loss",
     reference: int | None = None,
     groups: Sequence[str] | None = None,
+    val_rows: int | None = None,
 ) -> dict[str, Any]:
     """The overfitting point per criterion and the sweet spot of every group, with reasons.
 
@@ -220,12 +269,13 @@ def find_sweet_spots(
     ``spliced``: group -> checkpoint epoch -> val metrics of the reference model (epoch
     ``reference``) with only that group taken from the checkpoint; ``method``: which
     evidence decides for groups that have both (``METHODS``); ``groups``: every group
-    (default: those of ``group_losses`` and ``spliced``)."""
+    (default: those of ``group_losses`` and ``spliced``); ``val_rows``: the rows the reports
+    were measured on, for the criteria's noise floor."""
     if not checkpoints:
         raise ValueError("no checkpoints to choose sweet spots from")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    points = overfitting_points(history, checkpoints, cfg, monitor, primary)
+    points = overfitting_points(history, checkpoints, cfg, monitor, primary, val_rows)
     limit = points[cfg.decide_by]["overfitting_point"]
     by_epoch = {h["epoch"]: h for h in history}
     names = list(groups or dict.fromkeys([*group_losses, *(spliced or {})]))
@@ -257,7 +307,8 @@ def find_sweet_spots(
         "criteria": points,
         "settings": {"rises": cfg.rises, "gl_alpha": cfg.gl_alpha, "pq_alpha": cfg.pq_alpha,
                      "strip": cfg.strip, "up_strips": cfg.up_strips,
-                     "min_delta": monitor.min_delta},
+                     "min_delta": monitor.min_delta, "floor_rows": cfg.floor_rows,
+                     "min_candidates": cfg.min_candidates, "val_rows": val_rows},
         "sweet_spots": spots,
         "curves": {
             "epochs": [h["epoch"] for h in history],

@@ -142,3 +142,35 @@ def test_a_rank_without_rows_runs_one_row_at_weight_zero():
 
     part, weight = _shard(torch.tensor([7, 8]), 2, 3)
     assert part.tolist() == [7] and weight == 0.0
+
+
+def test_the_ema_half_life_is_in_epochs_whatever_the_steps_per_epoch():
+    from model.training import ema_decay_per_step
+
+    for steps in (1, 50, 1000):
+        decay = ema_decay_per_step(TrainConfig(ema_half_life=2.0), steps)
+        assert decay ** (2 * steps) == pytest.approx(0.5)  # two epochs: half the weight
+    assert ema_decay_per_step(TrainConfig(ema_half_life=0.0, ema_decay=0.99), 50) == 0.99
+    with pytest.raises(ValueError, match="ema_half_life"):
+        TrainConfig(ema_half_life=-1.0)
+
+
+def test_an_ema_of_one_epoch_half_life_forgets_the_start_within_a_few_epochs(embedded_small):
+    """With a fixed per-step decay of 0.999 and 4 steps an epoch, the EMA after 4 epochs
+    still sits near its first copy (the weights after step 1): it has come under 40% of the
+    way the weights went; with a half-life of one epoch, over 70%."""
+    ds, data = embedded_small
+    train, _ = _split(data, 128)
+    gaps = {}
+    for half_life in (0.0, 1.0):
+        cfg = TrainConfig(epochs=4, batch_size=32, progress=False, ema_decay=0.999,
+                          ema_half_life=half_life, lr=1e-2)
+        engine = _engine(ds, train, cfg)
+        start = {k: v.clone() for k, v in engine.model.state_dict().items()}
+        for epoch in range(1, 5):
+            train_one_epoch(engine, train, epoch)
+        ema, now = engine.ema.module.state_dict(), engine.model.state_dict()
+        key = next(k for k in now if k.endswith("weight") and now[k].dim() == 2)
+        # How far the EMA sits from the start, as a share of how far training went.
+        gaps[half_life] = float((ema[key] - start[key]).norm() / (now[key] - start[key]).norm())
+    assert gaps[0.0] < 0.4 < 0.7 < gaps[1.0]  # measured: 0.23 and 0.86

@@ -18,7 +18,8 @@ def test_linear_baseline_learns_the_real_corpus_and_reports_its_val_choice():
              "val": list(range(8, 3000, 10)), "test": list(range(9, 3000, 10))}
     texts = {k: [ds.records[i]["text"] for i in rows] for k, rows in parts.items()}
     targets = {k: {t: v[rows] for t, v in data.targets.items()} for k, rows in parts.items()}
-    preds, how = linear_baseline(texts, targets, ds.tasks, BaselineConfig(c_grid=(1.0, 100.0)))
+    preds, how = linear_baseline(texts, targets, ds.tasks,
+                                 BaselineConfig(c_grid=(1.0, 100.0), max_extensions=0))
     assert set(preds) == {"val", "test"}  # nothing predicted for train
     linear = prediction_metrics(preds["test"], targets["test"], ds.tasks)
     majority = prediction_metrics(majority_class(targets["train"], ds.tasks, 300), targets["test"],
@@ -27,6 +28,7 @@ def test_linear_baseline_learns_the_real_corpus_and_reports_its_val_choice():
     assert linear["loss"] < majority["loss"]
     chosen = how["chosen_on_val"]["emotion"]
     assert chosen["C"] in (1.0, 100.0) and set(chosen["val_scores"]) == {"1", "100"}
+    assert chosen["bracketed"] is False  # two values, no extension: the best is at an edge
     assert chosen["val_scores"][f"{chosen['C']:g}"] == max(chosen["val_scores"].values())
     for spec in ds.tasks:
         assert preds["test"][spec.name].shape == (300, spec.num_outputs)
@@ -60,3 +62,15 @@ def test_a_label_constant_in_train_and_a_regression_task_are_handled():
 def test_bad_baseline_settings_name_the_value():
     with pytest.raises(ValueError, match=r"c_grid must hold values > 0, got \(0.0,\)"):
         BaselineConfig(c_grid=(0.0,))
+
+
+def test_a_best_c_at_an_edge_of_the_grid_extends_it_until_the_best_is_inside():
+    from tuner.baselines import BaselineConfig, next_value
+
+    cfg = BaselineConfig(max_extensions=2)
+    assert next_value({10.0: 0.70, 100.0: 0.75, 1000.0: 0.78}, 0, cfg) == 10000.0  # top edge
+    assert next_value({10.0: 0.80, 100.0: 0.75, 1000.0: 0.70}, 0, cfg) == 1.0      # bottom edge
+    assert next_value({10.0: 0.70, 100.0: 0.79, 1000.0: 0.78}, 0, cfg) is None     # bracketed
+    assert next_value({10.0: 0.70, 100.0: 0.75, 1000.0: 0.78}, 2, cfg) is None     # used up
+    # A tie keeps the smaller value, as the choice does: a tie at the top is not an edge.
+    assert next_value({10.0: 0.70, 100.0: 0.78, 1000.0: 0.78}, 0, cfg) is None

@@ -194,3 +194,26 @@ def test_the_crossover_objective_is_the_monitor_in_its_direction(tmp_path, embed
                         monitor=Monitor("val_acc"))
     for t in study.trials:
         assert t.value == t.user_attrs["val_acc"] and "val_loss" in t.user_attrs
+
+
+def test_a_clipped_window_is_the_earlier_trials_recipe_and_completes_with_its_value(
+        tmp_path, embedded_small):
+    ds, data = embedded_small
+    session = Session.create(tmp_path, "s")
+    spec, _, _ = _saved(session.path("checkpoints"))
+    model = build_model("tiny", ds.tasks)
+    ctx = RunContext(tasks=ds.tasks, build=lambda: (model, spec), train=data, val=data,
+                     session=session, progress=False)
+    study = optuna.create_study(sampler=ResumableTPESampler(0))
+    sweet = {g: 2 for g in spec.groups}
+    run_crossover_study(study, ctx, spec, [2, 4], [sweet], model, 1)
+    # Over checkpoints 2 and 4, a window of two ending at 2 is clipped to epoch 2 alone.
+    clipped = {k: v for g in spec.groups for k, v in ((g, 2), (f"{g}:span", 2))}
+    assert params_recipe(clipped, [2, 4]) == sweet
+    study.enqueue_trial(clipped)
+    run_crossover_study(study, ctx, spec, [2, 4], [sweet], model, 2)
+    first, second = study.trials
+    assert second.state == TrialState.COMPLETE  # counted, not pruned
+    assert second.user_attrs["same_recipe_as"] == first.number
+    assert second.value == first.value
+    assert second.user_attrs["val_acc"] == first.user_attrs["val_acc"]

@@ -12,6 +12,7 @@ from tuner.settings import (
     FORMAT_VERSION,
     MAY_CHANGE,
     SettingsChanged,
+    as_recorded,
     check_study_settings,
     fingerprint,
     record_study_settings,
@@ -51,6 +52,27 @@ def test_a_session_recorded_before_the_optimizer_setting_resumes_with_adamw_only
     assert settings_diff(old, new) == []
     eight = fingerprint(PipelineConfig(train=TrainConfig(optimizer="adamw8bit")))
     assert settings_diff(old, eight) == ["  train.optimizer: '<unset>' -> 'adamw8bit'"]
+
+
+def test_a_session_recorded_before_the_ema_half_life_resumes_with_its_per_step_decay(tmp_path):
+    import json
+
+    cfg = PipelineConfig(backup_dir=str(tmp_path), study="s")
+    assert as_recorded(cfg) is cfg or as_recorded(cfg) == cfg  # no session yet: as asked
+    old = {k: v for k, v in fingerprint(cfg).items() if k != "train.ema_half_life"}
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "settings.json").write_text(json.dumps({"settings": old}))
+    resumed = as_recorded(cfg)
+    assert resumed.train.ema_half_life == 0.0 and cfg.train.ema_half_life == 1.0
+    assert settings_diff(old, fingerprint(resumed)) == []
+    # A half-life asked for on the command line is compared, and refused, as any setting.
+    asked = PipelineConfig(backup_dir=str(tmp_path), study="s", train=TrainConfig(ema_half_life=2.0))
+    assert as_recorded(asked).train.ema_half_life == 2.0
+    assert settings_diff(old, fingerprint(as_recorded(asked))) == [
+        "  train.ema_half_life: '<unset>' -> 2.0"]
+    # The phase-3 guards added with it are recomputed on resume: no difference either.
+    assert settings_diff({k: v for k, v in old.items() if not k.startswith("overfit.floor")},
+                         fingerprint(resumed)) == []
 
 
 def test_a_study_records_its_settings_one_short_attr_per_group_and_reads_them_back(tmp_path):

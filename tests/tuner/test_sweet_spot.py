@@ -139,7 +139,29 @@ def test_a_group_without_its_own_losses_is_spliced_even_under_module_loss():
         find_sweet_spots(history, [2, 4], {}, groups=["orphan"])
 
 
-def test_overfitting_before_the_first_checkpoint_bounds_the_sweet_spots_to_it():
-    history = _history([1.0, 0.9, 0.8, 0.7], [1.0, 1.2, 1.3, 1.4])  # GL fires at epoch 2
-    points = overfitting_points(history, [3, 4])
-    assert points["gl"]["fires_at_epoch"] == 2 and points["gl"]["overfitting_point"] == 3
+def test_overfitting_before_the_first_checkpoints_still_leaves_min_candidates_of_them():
+    history = _history([1.0, 0.9, 0.8, 0.7, 0.6, 0.5], [1.0, 1.2, 1.3, 1.4, 1.5, 1.6])
+    for n, point in ((1, 3), (2, 4), (3, 5)):  # GL fires at epoch 2, before any checkpoint
+        points = overfitting_points(history, [3, 4, 5, 6], OverfitConfig(min_candidates=n))
+        assert points["gl"]["fires_at_epoch"] == 2 and points["gl"]["overfitting_point"] == point
+    # The default keeps two: a group is never left one candidate epoch.
+    found = find_sweet_spots(history, [3, 4, 5, 6], {"g": ["a"]})
+    assert found["overfitting_point"] == 4
+    assert sorted(found["sweet_spots"]["g"]["candidates"]) == ["3", "4"]
+
+
+def test_a_rise_of_fewer_val_rows_than_the_floor_never_fires_a_criterion():
+    # val accuracy 0.98 -> 0.97 on 200 rows: 2 rows, a GL of 50% on the error rate.
+    history = [{"epoch": e, "train_loss": 1.0 - 0.1 * e, "val_loss": 1.0, "val_acc": acc,
+                "stability_score": 1.0} for e, acc in enumerate([0.98, 0.97, 0.97, 0.97], 1)]
+    acc = Monitor("val_acc")
+    assert overfitting_points(history, [2, 4], monitor=acc)["gl"]["fires_at_epoch"] == 2
+    quiet = overfitting_points(history, [2, 4], monitor=acc, val_rows=200)
+    assert quiet["gl"]["fires_at_epoch"] is None  # 2 rows < the floor of 3
+    assert overfitting_points(history, [2, 4], monitor=acc, val_rows=1000)["gl"][
+        "fires_at_epoch"] == 2  # the same drop is 10 rows of 1,000
+    # A loss: the floor is floor_rows / rows of the value (3% of it with 100 rows).
+    losses = _history([1.0, 0.9, 0.8], [1.0, 1.06, 1.07])
+    assert overfitting_points(losses, [2], val_rows=1000)["gl"]["fires_at_epoch"] == 2
+    assert overfitting_points(losses, [2], val_rows=100)["gl"]["fires_at_epoch"] == 2
+    assert overfitting_points(losses, [2], val_rows=30)["gl"]["fires_at_epoch"] is None

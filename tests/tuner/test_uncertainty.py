@@ -70,3 +70,27 @@ def test_an_unknown_reference_and_bad_settings_are_refused():
         confidence({"a": np.zeros(3, int)}, np.zeros(3, int), "x")
     with pytest.raises(ValueError, match="resamples must be >= 10, got 5"):
         BootstrapConfig(resamples=5)
+
+
+def test_pooling_runs_narrows_the_interval_and_the_two_level_one_carries_their_spread():
+    import numpy as np
+
+    from tuner.uncertainty import BootstrapConfig, pooled_paired, two_level
+
+    rng = np.random.default_rng(0)
+
+    def run(gain: float, n: int = 900) -> np.ndarray:  # right(a) - right(b) per row
+        return rng.choice([-1.0, 0.0, 1.0], size=n, p=[0.05, 0.9 - gain, 0.05 + gain])
+
+    cfg = BootstrapConfig(resamples=500, seed=1)
+    one = pooled_paired([run(0.01)], cfg)
+    three = pooled_paired([run(0.01), run(0.01), run(0.01)], cfg)
+    width = {k: v["ci"][1] - v["ci"][0] for k, v in (("one", one), ("three", three))}
+    assert width["three"] < 0.7 * width["one"]  # about 1/sqrt(3) as wide
+    assert three["rows"] == 2700 and three["runs"] == 3
+    assert three["ci"][0] <= three["diff"] <= three["ci"][1]
+    # Runs that disagree: rows within runs cannot see it, the two-level bootstrap does.
+    apart = [run(0.06), run(-0.04), run(0.01)]
+    pooled, both = pooled_paired(apart, cfg), two_level(apart, cfg)
+    assert pooled["diff"] == both["diff"]
+    assert both["ci"][1] - both["ci"][0] > 1.5 * (pooled["ci"][1] - pooled["ci"][0])
