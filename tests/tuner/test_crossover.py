@@ -182,13 +182,18 @@ def test_the_best_single_checkpoint_follows_the_monitor():
     assert best_single_epoch(history, [2, 4, 6], Monitor("val_acc"), "emotion") == 4
 
 
-def test_the_crossover_objective_is_the_monitor_in_its_direction(tmp_path, embedded_small):
+def _study_context(tmp_path, embedded_small):
+    """A session with two checkpoints (epochs 2 and 4), a model and the run context."""
     ds, data = embedded_small
     session = Session.create(tmp_path, "s")
     spec, _, _ = _saved(session.path("checkpoints"))
     model = build_model("tiny", ds.tasks)
-    ctx = RunContext(tasks=ds.tasks, build=lambda: (model, spec), train=data, val=data,
-                     session=session, progress=False)
+    return spec, model, RunContext(tasks=ds.tasks, build=lambda: (model, spec), train=data,
+                                   val=data, session=session, progress=False)
+
+
+def test_the_crossover_objective_is_the_monitor_in_its_direction(tmp_path, embedded_small):
+    spec, model, ctx = _study_context(tmp_path, embedded_small)
     study = optuna.create_study(direction="maximize", sampler=ResumableTPESampler(0))
     run_crossover_study(study, ctx, spec, [2, 4], [{g: 2 for g in spec.groups}], model, 2,
                         monitor=Monitor("val_acc"))
@@ -198,12 +203,7 @@ def test_the_crossover_objective_is_the_monitor_in_its_direction(tmp_path, embed
 
 def test_a_clipped_window_is_the_earlier_trials_recipe_and_completes_with_its_value(
         tmp_path, embedded_small):
-    ds, data = embedded_small
-    session = Session.create(tmp_path, "s")
-    spec, _, _ = _saved(session.path("checkpoints"))
-    model = build_model("tiny", ds.tasks)
-    ctx = RunContext(tasks=ds.tasks, build=lambda: (model, spec), train=data, val=data,
-                     session=session, progress=False)
+    spec, model, ctx = _study_context(tmp_path, embedded_small)
     study = optuna.create_study(sampler=ResumableTPESampler(0))
     sweet = {g: 2 for g in spec.groups}
     run_crossover_study(study, ctx, spec, [2, 4], [sweet], model, 1)
