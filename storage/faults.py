@@ -9,7 +9,8 @@ Off (one dict lookup) unless an environment variable asks for it:
   torchrun job only in its first attempt, so that a job restarted by ``--max-restarts``
   runs on past the point, as it would after a one-off crash);
 - ``REDHEART_STALL_AT=<label#n>=<seconds>``: sleep that long there (an epoch that takes
-  longer than other workers' patience), with every other thread running on.
+  longer than other workers' patience), with every other thread running on; several
+  points are separated by ``;``.
 
 SIGKILL, not an exception: nothing is flushed, closed or cleaned up, as in a power cut
 or the OOM killer. Points sit where a crash hurts most: half-way through writing a file,
@@ -41,8 +42,9 @@ def crash_point(label: str) -> None:
             fh.write(key + "\n")
     if key == target and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         os.kill(os.getpid(), signal.SIGKILL)
-    if stall and stall.rpartition("=")[0] == key:
-        time.sleep(float(stall.rpartition("=")[2]))
+    for point in (stall or "").split(";"):
+        if point and point.rpartition("=")[0] == key:
+            time.sleep(float(point.rpartition("=")[2]))
 
 
 __all__ = ["CRASH_ENV", "STALL_ENV", "TRACE_ENV", "crash_point"]
