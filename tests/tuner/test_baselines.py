@@ -32,6 +32,30 @@ def test_linear_baseline_learns_the_real_corpus_and_reports_its_val_choice():
     assert chosen["val_scores"][f"{chosen['C']:g}"] == max(chosen["val_scores"].values())
     for spec in ds.tasks:
         assert preds["test"][spec.name].shape == (300, spec.num_outputs)
+    # Only the primary task searches C: the multi-label tasks are fitted once, at its C.
+    for spec in ds.tasks[1:]:
+        assert how["chosen_on_val"][spec.name]["C"] == chosen["C"]
+        assert how["chosen_on_val"][spec.name]["from"] == "emotion"
+        assert list(how["chosen_on_val"][spec.name]["val_scores"]) == [f"{chosen['C']:g}"]
+
+
+def test_the_baseline_solver_converges_at_the_largest_c_of_its_grid():
+    """The dual solver stopped at max_iter from C = 1000 (not the L2 solution); the primal's
+    Newton iterations stay far below it at every C of the grid and its extensions."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from tuner.baselines import _logistic
+
+    ds = load_embedded(2000, seed=2)
+    x = TfidfVectorizer(analyzer="char", ngram_range=(1, 4), sublinear_tf=True,
+                        lowercase=False, dtype=np.float32).fit_transform(
+        [r["text"] for r in ds.records])
+    y = np.array([r["label"] == ds.records[0]["label"] for r in ds.records], dtype=int)
+    cfg = BaselineConfig()
+    for c in (10.0, 1000.0, 1e6):
+        fit = _logistic(c, cfg).fit(x, y)
+        assert fit.n_iter_.max() < cfg.max_iter // 10, (c, fit.n_iter_)
 
 
 def test_majority_class_predicts_the_train_prior_for_every_row():
