@@ -618,11 +618,14 @@ def evaluate(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     amp_dtype: torch.dtype | None = None,
+    keep_outputs: bool = False,
 ) -> dict:
     """Loss (no label smoothing) and metrics of every module and task over ``data``.
 
     Returns: loss (fused, summed over tasks), acc (primary = first task), task_loss,
-    module_loss (each module's own loss), task_metrics (accuracy/macro_f1, micro_f1, mse).
+    module_loss (each module's own loss), task_metrics (accuracy/macro_f1, micro_f1, mse);
+    with ``keep_outputs``, also outputs: task -> (N, C) fused outputs, float32 on the CPU,
+    in row order (what ``split_outputs`` returns, without a second pass over the rows).
     """
     device = torch.device(device)
     was_training = model.training
@@ -631,6 +634,7 @@ def evaluate(
     task_sum = {t.name: 0.0 for t in tasks}
     counts = {t.name: TaskCounts(t) for t in tasks}
     by_name = {t.name: t for t in tasks}
+    kept: dict[str, list[torch.Tensor]] = {}  # task -> per-batch (B, C) outputs, if asked
     ctx = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
            else contextlib.nullcontext())
     for index in batch_indices(len(data), batch_size, None):
@@ -648,6 +652,8 @@ def evaluate(
         for name, pred in out["fused"].items():
             task_sum[name] += float(fused[name]) * rows
             counts[name].update(pred, targets[name])
+            if keep_outputs:
+                kept.setdefault(name, []).append(pred.float().cpu())
     model.train(was_training)
     n = len(data)
     task_metrics = {name: c.metrics() for name, c in counts.items()}
@@ -658,6 +664,7 @@ def evaluate(
         "task_loss": {k: v / n for k, v in task_sum.items()},
         "module_loss": {k: v / n for k, v in module_sum.items()},
         "task_metrics": task_metrics,
+        **({"outputs": {k: torch.cat(v) for k, v in kept.items()}} if keep_outputs else {}),
     }
 
 

@@ -171,9 +171,12 @@ def build_test_table(model: nn.Module, candidates: Sequence[Candidate], val: Enc
         if cand.single_model:
             state = cand.state()
             model.load_state_dict(state, strict=True)
-            metrics = {k: evaluate(model, d, tasks, device=device) for k, d in splits.items()}
+            # The test pass keeps its outputs: the paired comparisons need them, and a second
+            # pass over the test rows (split_outputs) computed the same numbers again.
+            metrics = {k: evaluate(model, d, tasks, device=device, keep_outputs=k == "test")
+                       for k, d in splits.items()}
             if "test" in splits:
-                test_guess[cand.name] = split_outputs(model, test, device=device)[0][primary.name]
+                test_guess[cand.name] = metrics["test"].pop("outputs")[primary.name]
         else:
             out = ensemble_predictions(model, cand.members(), splits, tasks, device)
             metrics = {k: prediction_metrics(p, t, tasks) for k, (p, t) in out.items()}

@@ -90,6 +90,22 @@ def test_a_one_member_ensemble_matches_evaluate(embedded_small):
         reference["task_metrics"]["emotion"]["macro_f1"])
 
 
+def test_evaluate_keeps_the_outputs_split_outputs_computes_in_one_pass(embedded_small):
+    """The test table reads each single model's test outputs from its evaluation pass: they
+    are split_outputs' to the last bit, and the metrics are those of a plain evaluate."""
+    ds, data = embedded_small
+    torch.manual_seed(0)
+    model = build_model("tiny", ds.tasks)
+    kept = evaluate(model, data, ds.tasks, keep_outputs=True)
+    preds, _ = split_outputs(model, data)
+    assert set(kept["outputs"]) == set(preds)
+    for name, pred in preds.items():
+        assert torch.equal(kept["outputs"][name], pred), name
+    plain = evaluate(model, data, ds.tasks)
+    assert "outputs" not in plain
+    assert {k: v for k, v in kept.items() if k != "outputs"} == plain
+
+
 def test_an_ensemble_averages_probabilities_not_logits(embedded_small):
     ds, data = embedded_small
     torch.manual_seed(0)
