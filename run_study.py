@@ -32,7 +32,7 @@ from storage.studies import dashboard_command, mask_url
 from tuner.cli import SMOKE, apply_config_file, build_parser, config_from_args
 from tuner.config import PipelineConfig, parse_device, storage_url
 from tuner.dashboard import ARTIFACT_DIR
-from tuner.distributed import end_follower, launch_from_env
+from tuner.distributed import exit_rank, launch_from_env
 from tuner.pipeline import run
 from tuner.report import run_summary
 
@@ -157,7 +157,8 @@ def _main(argv: list[str]) -> int:
         if not args.debug:
             threading.excepthook = _thread_error_in_one_line
         cfg = config_from_args(args)
-        follower = launch_from_env() is not None and int(os.environ["RANK"]) > 0
+        in_job = launch_from_env() is not None  # one rank of a torchrun job
+        follower = in_job and int(os.environ["RANK"]) > 0
         if follower:  # a torchrun rank > 0: rank 0 shows the run
             cfg = replace(cfg, train=replace(cfg.train, progress=False))
         else:
@@ -168,8 +169,10 @@ def _main(argv: list[str]) -> int:
         with logging_redirect_tqdm():
             run(cfg)
         if follower:
-            end_follower(0)  # never returns: see tuner.distributed.end_follower for why
+            exit_rank(0)  # never returns: see tuner.distributed.exit_rank for why
         _print_summary(cfg)
+        if in_job:
+            exit_rank(0)  # rank 0 as well: its process group's threads outlive it, too
         return 0
     except (ValueError, OSError) as e:
         # Errors a user can cause: a message and a non-zero exit, not a traceback.

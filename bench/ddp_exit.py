@@ -1,9 +1,9 @@
 """How often a torchrun follower's exit aborts after DistributedDataParallel, with and
-without ``tuner.distributed.end_follower``.
+without ``tuner.distributed.exit_rank``.
 
 Each job is two gloo ranks: both wrap a small linear layer in DDP, take three steps,
 delete the wrapper and destroy the process group; rank 1 then leaves (a plain return
-through the interpreter's teardown, or ``end_follower``) while rank 0 stays up for
+through the interpreter's teardown, or ``exit_rank``) while rank 0 stays up for
 ``--linger`` seconds, as rank 0 of a study goes on to phases 3 and 4. The two kinds of
 exit alternate, job by job, in one run. A job counts as aborted when a rank dies of a
 signal (torchrun's "terminate called without an active exception", SIGABRT).
@@ -28,7 +28,7 @@ def _worker(exit_kind: str, linger: float) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from tuner.distributed import end_follower
+    from tuner.distributed import exit_rank
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -39,8 +39,8 @@ def _worker(exit_kind: str, linger: float) -> None:
     dist.destroy_process_group()
     if rank == 0:
         time.sleep(linger)
-    elif exit_kind == "end_follower":
-        end_follower(0)
+    elif exit_kind == "exit_rank":
+        exit_rank(0)
 
 
 def _job(exit_kind: str, linger: float) -> tuple[int, bool]:
@@ -56,12 +56,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40, help="jobs per kind of exit")
     parser.add_argument("--linger", type=float, default=0.5)
-    parser.add_argument("--worker", choices=["teardown", "end_follower"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["teardown", "exit_rank"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker, args.linger)
         return
-    kinds = ["teardown", "end_follower"]
+    kinds = ["teardown", "exit_rank"]
     failed = {k: 0 for k in kinds}
     aborted = {k: 0 for k in kinds}
     for i in range(args.jobs):

@@ -29,6 +29,15 @@ ONE_LR = ["--lr-grid", "0.01", "--extend-grid", "0", "--sweep-epochs", "1"]
 MINIMAL = [*ONE_LR, "--epochs", "2", "--crossover-trials", "0"]
 
 
+def failure_text(stderr: str, tail: int = 3000) -> str:
+    """What a failed run's assertion shows: the stacks faulthandler printed for a native
+    crash ("Fatal Python error", e.g. a torchrun rank's SIGABRT), which torchrun's error
+    table that follows would push out of a plain tail, then the tail."""
+    crash = stderr.find("Fatal Python error")
+    head = stderr[crash:crash + 4000] + "\n...\n" if crash >= 0 else ""
+    return head + stderr[-tail:]
+
+
 def command(backup: Path, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "run_study.py"), *SMOKE, "--backup-dir", str(backup), *extra]
 
@@ -36,7 +45,7 @@ def command(backup: Path, *extra: str) -> list[str]:
 def finish(backup: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     out = subprocess.run(command(backup, *extra), cwd=ROOT, capture_output=True, text=True,
                          timeout=600, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, failure_text(out.stderr)
     return out
 
 

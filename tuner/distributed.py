@@ -138,17 +138,19 @@ def process_group(launch: Launch, device: str) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def end_follower(code: int) -> NoReturn:
-    """A follower's exit once its work is done: logs and streams flushed, then
+def exit_rank(code: int) -> NoReturn:
+    """A torchrun rank's exit once its work is done: logs and streams flushed, then
     ``os._exit`` without the interpreter's teardown.
 
     DistributedDataParallel keeps its process group alive past
     ``destroy_process_group`` (torch 2.13: a gloo group's worker and TCP-loop threads
     are still running after the wrapper is deleted and collected), and a process that
-    tears down while rank 0 still holds the other end of those connections now and then
-    aborts in C++ ("terminate called without an active exception", SIGABRT), which
-    torchrun reports as a failed job and answers by killing rank 0. A follower holds
-    nothing that needs the teardown: it never writes the session folder or the storage."""
+    tears down while the other end of those connections is still up, or going away,
+    now and then aborts in C++ ("terminate called without an active exception",
+    SIGABRT), which torchrun reports as a failed job. Followers leave this way as soon
+    as the long run is done; rank 0 after its summary, when every write of the session
+    (atomic renames) and every storage call (committed) is behind it: nothing it holds
+    needs the teardown."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from _runs import ONE_LR, ROOT, SMOKE, STUDY
+from _runs import ONE_LR, ROOT, SMOKE, STUDY, failure_text
 from optuna.trial import TrialState
 
 # The long run is what runs on two processes: one LR of one epoch is sweep enough.
@@ -31,7 +31,7 @@ def _env() -> dict:
 def _one(backup: Path, *extra: str) -> None:
     out = subprocess.run([sys.executable, *_args(backup, *extra)], cwd=ROOT, capture_output=True,
                          text=True, timeout=600, env=_env())
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, failure_text(out.stderr)
 
 
 def _torchrun(backup: Path, *extra: str, restarts: int = 0) -> list[str]:
@@ -42,7 +42,7 @@ def _torchrun(backup: Path, *extra: str, restarts: int = 0) -> list[str]:
 def _two(backup: Path, *extra: str, restarts: int = 0, env: dict | None = None) -> str:
     out = subprocess.run(_torchrun(backup, *extra, restarts=restarts), cwd=ROOT,
                          capture_output=True, text=True, timeout=600, env=env or _env())
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, failure_text(out.stderr)
     return out.stderr
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from _runs import ROOT
+from _runs import ROOT, failure_text
 from optuna.trial import TrialState
 from test_concurrency import _free_port, _wait_for_api
 
@@ -85,7 +85,7 @@ def test_the_torchrun_command_runs_as_written(tmp_path):
     line = line.replace("--backup-dir runs", f"--backup-dir {tmp_path}/runs")
     out = subprocess.run(["bash", "-c", f"{line} {SMOKE} --stop-after 2"], cwd=ROOT, env=_env(),
                          capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, failure_text(out.stderr)
     assert "with rank 0 from epoch 1," in out.stderr
     study = optuna.load_study(study_name="ddp-long-run",
                               storage=f"sqlite:///{tmp_path}/runs/ddp.db")

@@ -46,11 +46,11 @@ def test_a_launch_is_checked_at_construction():
 
 _FOLLOWER = """
 import sys, threading
-from tuner.distributed import end_follower
+from tuner.distributed import exit_rank
 # A thread nobody stops: a normal interpreter exit would wait on it for ever.
 threading.Thread(target=threading.Event().wait).start()
 print("rank 1: the long run is done; leaving")  # block-buffered: stdout is a pipe
-end_follower(3)
+exit_rank(3)
 """
 
 
