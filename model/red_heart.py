@@ -304,9 +304,15 @@ class _NgramEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, hashes: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def forward(self, hashes: torch.Tensor, copies: int = 1
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """hashes (B, W, N) -> (per-character vectors (B, W, D), zero past the text, or
-        None when not ``per_position``; pooled features (B, D))."""
+        None when not ``per_position``; pooled features (copies * B, D)).
+
+        ``copies``: the pooled features are repeated that many times before dropout, as
+        if the batch had been (copies * B) rows of ``copies`` identical blocks (R-Drop's
+        two passes): the lookups and their sparse gradient are made once, and each copy
+        still draws its own dropout mask."""
         b, w, _ = hashes.shape
         valid = hashes >= 0                                           # (B, W, N)
         # Only the n-grams that exist (M of them, in (b, w, n) order): a batch is padded to
@@ -322,6 +328,8 @@ class _NgramEncoder(nn.Module):
         else:
             emb, pooled = None, bags
         pooled = pooled / total.clamp(min=1).unsqueeze(-1).to(pooled.dtype).sqrt()  # (B, D)
+        if copies > 1:
+            pooled = pooled.repeat(copies, 1)                         # (copies * B, D)
         return emb, self.norm(self.dropout(pooled))
 
 
@@ -343,11 +351,15 @@ class _DSP(nn.Module):
                                  nn.GELU(), nn.Dropout(cfg.dropout))
         self.out = nn.ModuleDict({t.name: nn.Linear(cfg.neural_hidden, t.num_outputs) for t in tasks})
 
-    def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, emb: torch.Tensor, copies: int = 1) -> dict[str, torch.Tensor]:
+        """emb (B, L, D) -> task -> (copies * B, C); the spectrum is computed once and
+        repeated ``copies`` times before the MLP's dropout (see ``_NgramEncoder``)."""
         # Project to a few channels first, so the FFT runs over C channels instead of D.
         x = self.channel_proj(emb[:, : self.n_fft]).float()           # (B, L', C), 0 past the text
         spec = torch.fft.rfft(x, n=self.n_fft, dim=1).abs()[:, : self.bins]  # (B, bins, C)
-        h = self.mlp(torch.log1p(spec).to(emb.dtype))                 # (B, hidden)
+        if copies > 1:
+            spec = spec.repeat(copies, 1, 1)                          # (copies * B, bins, C)
+        h = self.mlp(torch.log1p(spec).to(emb.dtype))                 # (copies * B, hidden)
         return {name: head(h) for name, head in self.out.items()}
 
 
@@ -426,18 +438,31 @@ class RedHeart(nn.Module):
             analyzers=("neural.", "dsp.", "kalman.", "advanced."),
         )
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor,
+                copies: int = 1) -> dict[str, dict[str, torch.Tensor]]:
+        """ids, mask (B, L) -> module -> task -> (copies * B, C).
+
+        ``copies`` > 1 equals ``forward(ids.repeat(copies, 1), mask.repeat(copies, 1))``
+        (R-Drop's passes, each with its own dropout masks, drawn in the same order). The
+        n-gram backbone does its deterministic work once (hashing, lookups, the DSP
+        spectrum) and repeats the result before the first dropout: on the default run
+        the lookups' sparse gradient, coalesced before clipping and again read by
+        SparseAdam, is half as long.
+        """
+        if self.cfg.backbone != "ngram" and copies > 1:
+            ids, mask, copies = ids.repeat(copies, 1), mask.repeat(copies, 1), 1
         # The n-gram backbone and analyzers share one hashing of the text: (B, W, N).
         inputs = ((ngram_hashes(ids, mask, self.cfg.ngram_orders, self.cfg.word_ngrams),)
                   if self.cfg.backbone == "ngram" else (ids, mask))
-        emb, feat = self.backbone(*inputs)                            # (B, L, D), (B, D)
+        extra = {"copies": copies} if copies > 1 else {}
+        emb, feat = self.backbone(*inputs, **extra)                   # (B, L, D), (copies*B, D)
         out: dict[str, dict[str, torch.Tensor]] = {
             "heads": {n: h(feat) for n, h in self.heads.items()},
             "neural": {n: m(feat) for n, m in self.neural.items()},
-            "dsp": self.dsp(emb),
+            "dsp": self.dsp(emb, copies),
         }
         for n, adv in self.advanced.items():
-            _, adv_feat = adv["encoder"](*inputs)                     # (B, D_adv)
+            _, adv_feat = adv["encoder"](*inputs, **extra)            # (copies * B, D_adv)
             out[f"advanced_{n}"] = {n: adv["out"](adv_feat)}
         per_task = {n: [out["heads"][n], out["neural"][n], out["dsp"][n], out[f"advanced_{n}"][n]]
                     for n in self.heads}

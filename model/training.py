@@ -9,6 +9,7 @@ no CUDA function is ever called.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import resource
@@ -464,6 +465,13 @@ def _trend_figures(step_losses: torch.Tensor) -> tuple[float, float]:
     return efficiency, float(-slope / y.mean().clamp(min=1e-12))
 
 
+def _takes_copies(model: nn.Module) -> bool:
+    """Whether ``model``'s forward (under a DistributedDataParallel wrapper: its module's)
+    has a ``copies`` parameter (``RedHeart.forward``)."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return "copies" in inspect.signature(inner.forward).parameters
+
+
 def step_loss(
     model: nn.Module,
     ids: torch.Tensor,
@@ -479,7 +487,10 @@ def step_loss(
     the mean of the two passes and the objective adds r_drop x their symmetric KL.
     """
     if cfg.r_drop > 0:
-        both = model(torch.cat([ids, ids]), torch.cat([mask, mask]))
+        # A model whose forward takes ``copies`` makes the two passes itself (the n-gram
+        # backbone looks its n-grams up once); any other gets the batch twice.
+        both = (model(ids, mask, copies=2) if _takes_copies(model)
+                else model(torch.cat([ids, ids]), torch.cat([mask, mask])))
         first, second = split_outputs(both, ids.shape[0])
         l1 = module_losses(first, targets, tasks, cfg.label_smoothing)
         l2 = module_losses(second, targets, tasks, cfg.label_smoothing)

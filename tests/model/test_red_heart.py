@@ -137,3 +137,38 @@ def test_ngram_model_output_does_not_depend_on_padding():
         alone, both = model(alone_ids, alone_mask), model(ids, mask)
     for task, pred in alone["fused"].items():
         assert torch.allclose(pred[0], both["fused"][task][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["ngram", "tiny"])
+def test_copies_equal_the_repeated_batch_with_the_same_dropout_draws(preset):
+    """forward(ids, mask, copies=2) is R-Drop's (2B, L) pass: the same outputs (each copy
+    with its own dropout masks, drawn in the same order) and the same gradients, while the
+    n-gram backbone looks its n-grams up once."""
+    tok = ByteTokenizer(64)
+    ids, mask = tok.encode_batch(["(^_^)", "orz", "a longer line of text ＼(◎o◎)／", "x"])
+    models = []
+    outputs = []
+    for copies in (1, 2):
+        torch.manual_seed(0)
+        model = build_model(preset, EMBEDDED_TASKS, dropout=0.3)
+        model.train()
+        torch.manual_seed(1)
+        out = (model(ids.repeat(2, 1), mask.repeat(2, 1)) if copies == 1
+               else model(ids, mask, copies=2))
+        sum(v.sum() for module in out.values() for v in module.values()).backward()
+        models.append(model)
+        outputs.append(out)
+    for module, tasks in outputs[0].items():
+        for task, value in tasks.items():
+            assert value.shape[0] == 8
+            torch.testing.assert_close(outputs[1][module][task], value, msg=f"{module}.{task}")
+    two = dict(models[1].named_parameters())
+    for name, p in models[0].named_parameters():
+        if p.grad is None:
+            assert two[name].grad is None, name
+            continue
+        torch.testing.assert_close(two[name].grad.to_dense(), p.grad.to_dense(), msg=name,
+                                   rtol=1e-4, atol=1e-5)
+    # The two copies differ: each drew its own dropout masks.
+    fused = outputs[1]["fused"][EMBEDDED_TASKS[0].name]
+    assert not torch.equal(fused[:4], fused[4:])
