@@ -49,8 +49,19 @@ def sha256_file(path: Path) -> str:
 
 
 def _tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU, contiguous, unshared copies: what safetensors can store."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    """CPU, contiguous tensors that share no storage: what safetensors can store. A
+    tensor is copied only when it must be (another device, a view, a storage already
+    taken): serialization reads them at once, and a copy of every tensor cost a quarter
+    of a second per 160 MB resume state."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        t = v.detach().to("cpu").contiguous()
+        storage = t.untyped_storage()
+        if (storage.data_ptr(), storage.nbytes()) in seen or t.nbytes != storage.nbytes():
+            t = t.clone()
+        seen.add((t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()))
+        out[k] = t
+    return out
 
 
 def _write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -36,11 +36,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as fh:
-            half = len(data) // 2
-            fh.write(data[:half])
+            view = memoryview(data)  # halves without copying them
+            half = len(view) // 2
+            fh.write(view[:half])
             fh.flush()
             crash_point(f"write:{path.parent.name}/{path.name}")  # half a file on disk
-            fh.write(data[half:])
+            fh.write(view[half:])
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
