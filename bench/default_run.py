@@ -4,6 +4,15 @@
     python bench/default_run.py --repo /tmp/old --keep /tmp/old-runs   # another checkout
     python bench/default_run.py --keep /tmp/new-runs --compare-to /tmp/old-runs
     python bench/default_run.py --patience 0 --epochs 20 --dense      # flags of run_study.py
+    python bench/default_run.py --against /tmp/old    # interleaved A/B: this checkout vs that
+
+With ``--against OLD`` the two checkouts run alternately, seed by seed (the order flips
+each seed, so drift in the machine's load hits both alike), each in a fresh backup folder
+with its own cold corpus cache for the first run: it prints each checkout's median wall
+and CPU time (the run's process and its children) with their phase medians, the speed-up
+ratios old / new, startup + phase 0 with a cold and a warm cache, and the paired test
+accuracy of this checkout's final model minus the old one's, per seed and pooled over the
+seeds' test rows (non-inferiority: read the pooled lower bound).
 
 Each run is ``python run_study.py --no-progress --seed S`` in a fresh backup folder (the
 settings of the default run otherwise), timed as a whole and per phase from its log
@@ -25,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -78,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extra", default="", help="more run_study.py arguments, one string")
     p.add_argument("--keep", type=Path, help="keep the sessions here (and their test predictions)")
     p.add_argument("--compare-to", type=Path, help="a --keep folder of another set of runs")
+    p.add_argument("--against", type=Path,
+                   help="another checkout: run both, interleaved, and compare them")
     return p.parse_args(argv)
 
 
@@ -97,18 +109,25 @@ def phase_seconds(log: str) -> dict[str, float]:
             for m in re.finditer(r"phase (\d) done in ([\d.]+) s", log)}
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_once(repo: Path, backup: Path, flags: list[str], cache: Path) -> tuple[float, dict, str]:
-    """One ``run_study.py``; returns (wall seconds, seconds per phase, log)."""
+    """One ``run_study.py``; returns (wall seconds, seconds per phase, log). The phases
+    carry "cpu": the CPU seconds of the run and its child processes."""
     cmd = [sys.executable, str(repo / "run_study.py"), "--backup-dir", str(backup),
            "--study", STUDY, *flags]
     env = {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": str(repo)}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     phases = phase_seconds(out.stderr + out.stdout)
     phases["startup"] = max(0.0, wall - sum(phases.values()))
+    phases["cpu"] = _children_cpu() - cpu
     return wall, phases, out.stderr
 
 
@@ -132,9 +151,75 @@ def paired(new: dict, old: dict) -> tuple[float, float, float]:
     return 100 * row["diff"], 100 * row["ci"][0], 100 * row["ci"][1]
 
 
+def _pooled(keep: Path, names: tuple[str, str], seeds: list[int]) -> None:
+    """Paired test accuracy of keep/<new>/seedS minus keep/<old>/seedS, per seed and pooled."""
+    pooled = {n: {"predicted": [], "target": [], "texts": []} for n in names}
+    for seed in seeds:
+        runs = {n: json.loads((keep / n / f"seed{seed}" / "test_predictions.json").read_text())
+                for n in names}
+        d, lo, hi = paired(runs[names[0]], runs[names[1]])
+        print(f"seed {seed}: {names[0]} minus {names[1]}, paired test accuracy {d:+.2f} pts "
+              f"[{lo:+.2f}, {hi:+.2f}] over {len(runs[names[0]]['target'])} rows")
+        for n in names:
+            for k in pooled[n]:
+                pooled[n][k] += runs[n][k]
+    d, lo, hi = paired(pooled[names[0]], pooled[names[1]])
+    print(f"pooled over {len(seeds)} seeds ({len(pooled[names[0]]['target'])} rows): "
+          f"{d:+.2f} pts [{lo:+.2f}, {hi:+.2f}]")
+
+
+def ab_main(args: argparse.Namespace, flags: list[str]) -> None:
+    """The interleaved A/B of this checkout ("new") against ``--against`` ("old")."""
+    repos = {"new": args.repo.resolve(), "old": args.against.resolve()}
+    work = Path(tempfile.mkdtemp(prefix="default-run-ab-"))
+    keep = args.keep or work / "runs"
+    caches = {n: work / f"cache-{n}" for n in repos}
+    print(f"new {repos['new']}; old {repos['old']}; run_study.py {' '.join(flags)}; "
+          f"seeds {args.seeds}")
+    figures = {n: {"wall": [], **{p: [] for p in (*PHASES, "cpu")}} for n in repos}
+    for i, seed in enumerate(args.seeds):
+        for name in (("new", "old") if i % 2 == 0 else ("old", "new")):
+            backup = keep / name / f"seed{seed}"
+            shutil.rmtree(backup, ignore_errors=True)
+            seed_flags = [*flags, "--seed", str(seed)]
+            wall, phases, _ = run_once(repos[name], backup, seed_flags, caches[name])
+            figures[name]["wall"].append(wall)
+            for p in (*PHASES, "cpu"):
+                figures[name][p].append(phases.get(p, 0.0))
+            final = json.loads((backup / STUDY / "final_results.json").read_text())
+            print(f"seed {seed} {name}: {wall:.1f} s wall, {phases['cpu']:.1f} s CPU "
+                  f"({', '.join(f'{p} {phases.get(p, 0):.1f}' for p in PHASES)}); final "
+                  f"{final['crossover_recipe']['method']} test acc "
+                  f"{final['crossover_recipe']['test_acc']:.4f}", flush=True)
+            predictions(repos[name], backup, seed_flags, caches[name])
+    med = {n: {k: statistics.median(v) for k, v in f.items()} for n, f in figures.items()}
+    print(f"\nmedians of {len(args.seeds)} seeds     new      old   old/new")
+    for k in ("wall", "cpu", *PHASES):
+        ratio = med["old"][k] / med["new"][k] if med["new"][k] > 0 else float("nan")
+        print(f"{k:<22} {med['new'][k]:7.1f}  {med['old'][k]:7.1f}  {ratio:6.2f}x")
+    starts = {n: {"cold": [], "warm": []} for n in repos}
+    for i in range(args.repeats):
+        for name in (("new", "old") if i % 2 == 0 else ("old", "new")):
+            for kind, cache in (("cold", work / f"cold-{name}-{i}"), ("warm", caches[name])):
+                backup = work / "phase0"
+                shutil.rmtree(backup, ignore_errors=True)
+                starts[name][kind].append(
+                    run_once(repos[name], backup, [*flags, "--stop-after", "0"], cache)[0])
+    for name in repos:
+        print(f"startup + phase 0 ({name}), median of {args.repeats}: cold corpus cache "
+              f"{statistics.median(starts[name]['cold']):.1f} s, warm "
+              f"{statistics.median(starts[name]['warm']):.1f} s")
+    _pooled(keep, ("new", "old"), args.seeds)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     flags = run_flags(args)
+    if args.against is not None:
+        ab_main(args, flags)
+        return
     work = Path(tempfile.mkdtemp(prefix="default-run-"))
     keep = args.keep or work / "runs"
     warm = work / "warm-cache"
