@@ -11,13 +11,22 @@ Rerun the same command after any interruption: it resumes from the storage and f
 
 from __future__ import annotations
 
+import os
+
+# One thread for OpenBLAS (numpy's and scipy's BLAS; torch's is MKL and is not affected),
+# set before numpy loads it: with its default pool of one thread per core, phase 1 of the
+# default run took 54-56 s on 2 cores, with one thread 44.8 s (its pool competes with
+# torch's OpenMP threads; limiting it after load did not help). The linear baseline's
+# liblinear fits also get one BLAS thread: faster here, and the same digits on any machine.
+# An OPENBLAS_NUM_THREADS of the user's own is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import errno
 import faulthandler
 import gc
 import json
 import logging
-import os
 import sys
 import threading
 from dataclasses import replace
