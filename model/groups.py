@@ -7,13 +7,14 @@ parameter names.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .toml_file import read_toml
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,7 @@ class GroupSpec:
 def load_groups_file(path: str | Path) -> dict[str, tuple[str, ...]]:
     """``--groups FILE``: a TOML table of group name -> list of parameter-name prefixes."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the groups file: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    data = read_toml(path, "the groups file")
     if not data:
         raise ValueError(f"{path}: no groups; expected lines like  head = [\"classifier.\"]")
     for name, prefixes in data.items():

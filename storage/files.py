@@ -9,7 +9,9 @@ import csv
 import io
 import json
 import logging
+import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,22 @@ def _numeric_column(values: list[Any]) -> bool:
     return True
 
 
+def _json_value(text: str) -> Any:
+    """``json.loads``, with the two ways it fails other than a syntax error said as one
+    ``ValueError`` line: nesting deeper than Python's recursion limit (a RecursionError) and
+    an integer of more than 4,300 digits (Python's limit on int-string conversion)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("the JSON nests lists or objects too deeply (more than about "
+                         f"{sys.getrecursionlimit()} levels); expected rows of labelled "
+                         "texts") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise ValueError(f"not valid JSON for this reader: {e}".split("; use ")[0]) from None
+
+
 def _read_rows(path: Path) -> list[tuple[str, Any]]:
     """(where, value) per row: where is "row i" or "row i (line j)"."""
     text = _read_text(path, "a JSON list or JSON lines of objects")
@@ -124,23 +142,29 @@ def _read_rows(path: Path) -> list[tuple[str, Any]]:
         path.suffix.lower() != ".json" and not text.lstrip().startswith("["))
     if not jsonl:
         try:
-            data = json.loads(text)
+            data = _json_value(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON at line {e.lineno} column {e.colno}: "
                             f"{e.msg}") from None
+        except ValueError as e:
+            raise DataError(f"{path}: {e}") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of objects at the top level, "
                             f"got {_type_name(data)}")
         return [(f"row {i}", v) for i, v in enumerate(data)]
     rows = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only (JSON Lines): str.splitlines would also cut at U+2028, U+0085
+    # and other separators that JSON strings may hold unescaped.
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            rows.append((f"row {len(rows)} (line {line_no})", json.loads(line)))
+            rows.append((f"row {len(rows)} (line {line_no})", _json_value(line)))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: row {len(rows)} (line {line_no}): not valid JSON at column "
                             f"{e.colno}: {e.msg}") from None
+        except ValueError as e:
+            raise DataError(f"{path}: row {len(rows)} (line {line_no}): {e}") from None
     return rows
 
 
@@ -271,6 +295,7 @@ def _file_records(path: Path, text_field: str, label_fields: Sequence[str],
         for f in label_fields:
             if f not in row:
                 raise DataError(f"{path}: {where}: field {f!r} is missing; expected a label")
+            _check_encodable(path, where, f, row[f])
         records.append({text_field: text, **{f: row[f] for f in label_fields}})
     _warn_control_characters(path, rows, records, text_field)
     return rows, records
@@ -285,8 +310,14 @@ def _task_fields(path: Path, rows: list[tuple[str, Any]], records: list[dict],
         kind = _infer_kind(path, f, values, kinds.get(f))
         if kind == "regression":
             classes: tuple = ()
-            for r in records:
-                r[f] = float(r[f])
+            for (where, _), r in zip(rows, records, strict=True):
+                try:
+                    r[f] = float(r[f])
+                except OverflowError:
+                    r[f] = math.inf
+                if not math.isfinite(r[f]):
+                    raise DataError(f"{path}: {where}: field {f!r}: expected a finite number "
+                                    f"(regression), got {r[f]!r}")
         elif kind == "single":
             classes = tuple(sorted({r[f] for r in records}, key=lambda v: (str(type(v)), v)))
             if len(classes) < 2:
@@ -324,7 +355,22 @@ def _text_of(path: Path, where: str, row: Any, text_field: str) -> str:
     if not isinstance(row[text_field], str):
         raise DataError(f"{path}: {where}: field {text_field!r}: expected a string, "
                         f"got {_type_name(row[text_field])}")
+    _check_encodable(path, where, text_field, row[text_field])
     return row[text_field]
+
+
+def _check_encodable(path: Path, where: str, field: str, value: Any) -> None:
+    """A string (or the strings of a list) that UTF-8 can hold: JSON's \\ud800 escapes
+    decode to lone surrogates, which no later step (hashing, the tokenizer) can encode."""
+    for v in value if isinstance(value, list) else [value]:
+        if not isinstance(v, str):
+            continue
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"{path}: {where}: field {field!r}: holds a lone surrogate "
+                            f"({v[e.start]!r} at character {e.start}); expected text that UTF-8 "
+                            "can encode") from None
 
 
 def read_texts(path: str | Path, text_field: str = "text") -> list[str]:

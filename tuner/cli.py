@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tomllib
 import warnings
 from pathlib import Path
 from typing import Any
 
 from model.setting import GROUPS, Setting
+from model.toml_file import read_toml
 
 from .config import PipelineConfig, declared
 
@@ -113,28 +113,69 @@ def _toml_names() -> dict[str, str]:
 
 def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
     """TOML keys are flag names (dashes or underscores); they become the parser's defaults
-    (a switch's key takes true to mean the flag is given)."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the config file: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    (a switch's key takes true to mean the flag is given). Each value is checked here as the
+    parser checks a flag's text (its type, parser and choices), so a wrong one is refused with
+    one line naming the file and the key: argparse does not check defaults."""
+    data = read_toml(path, "the config file")
     names, settings = _toml_names(), {_dest(p): s for p, _, s in declared()}
     defaults = {}
     for key, value in data.items():
         dest = names.get(key.replace("-", "_"))
         if dest is None or dest == "config":
             raise ValueError(f"{path}: unknown setting {key!r}; expected a run_study.py flag name")
-        s = settings.get(dest)
-        if s is not None and s.switch is not None and key.replace("-", "_") == dest:
-            value = s.switch if value == s.switch else None  # the field's own name: its value
-        elif s is not None and s.switch is not None:
-            value = s.switch if value else None  # a flag's name: true means the flag is given
-        elif s is not None and s.parse is not None and isinstance(value, list) and not s.repeat:
-            value = ",".join(str(v) for v in value)
-        defaults[dest] = value
+        defaults[dest] = _config_value(path, key, dest, settings.get(dest), value)
     parser.set_defaults(**defaults)
+
+
+def _config_value(path: str, key: str, dest: str, s: Setting | None, value: Any) -> Any:
+    """The parser default a TOML ``key = value`` stands for, or a ValueError naming both."""
+    def refuse(expected: str, why: str = "") -> ValueError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return ValueError(f"{path}: setting {key!r}: expected {expected}, got {shown}"
+                          + (f" ({why})" if why else ""))
+
+    if s is None or s.switch is not None:  # --smoke, --debug and the switches: true or false
+        if dest == "log_level":
+            if not isinstance(value, str):
+                raise refuse("a log level name like \"INFO\"")
+            return value
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+        if s is None:
+            return value
+        if key.replace("-", "_") == dest:
+            return s.switch if value == s.switch else None  # the field's own name: its value
+        return s.switch if value else None  # a flag's name: true means the flag is given
+    many = isinstance(value, list)
+    if many and not (s.repeat or s.parse is not None):
+        raise refuse("one value, not a list")
+    if many and not value:
+        raise refuse("a non-empty list")
+    texts = [_scalar_text(v) for v in (value if many else [value])]
+    if any(t is None for t in texts):
+        raise refuse("a string or a number" + (" or a list of them" if s.parse else ""))
+    if s.parse is not None and not s.repeat:
+        texts = [",".join(texts)]
+    for text in texts:
+        try:
+            parsed = (s.parse or s.type or str)(text)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+            raise refuse(f"what {s.flags[0]} takes", str(e).splitlines()[0] if str(e) else "") from None
+        if s.choices is not None and parsed not in (*s.choices, *s.renamed_values):
+            raise refuse(f"one of {', '.join(map(str, s.choices))}")
+    if s.parse is not None:
+        return texts if s.repeat else texts[0]
+    return value
+
+
+def _scalar_text(value: Any) -> str | None:
+    """The command-line text of a TOML scalar (None for a boolean, table, date or list)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def _renamed(s: Setting, value: Any) -> Any:
