@@ -36,8 +36,9 @@ import optuna
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from storage import StorageUnavailable, read_json
-from storage.outage import is_connection_error
+from storage.outage import is_connection_error, wait_until_answers
 from storage.studies import dashboard_command, mask_url
+from tuner import INCARNATION_ENV, incarnation
 from tuner.cli import SMOKE, apply_config_file, build_parser, config_from_args
 from tuner.config import PipelineConfig, parse_device, storage_url
 from tuner.dashboard import ARTIFACT_DIR
@@ -203,10 +204,45 @@ def _main(argv: list[str]) -> int:
             message = (f"error: the Optuna storage {where} ran out of disk space: free some "
                        "space, then rerun the same command to resume")
         else:  # a statement in flight when the server went away (see storage.outage)
+            _restart_after_lost_call(cfg)  # returns only when it cannot restart
             message = (f"error: the Optuna storage {where} lost its connection during a call: "
                        "once the database is back, rerun the same command to resume")
         code = 2
     return _exit_with(code, message)
+
+
+MAX_RESTARTS = 3  # re-executions after lost calls, over a process' life
+
+
+def _restart_after_lost_call(cfg: PipelineConfig | None) -> None:
+    """After a storage call lost mid-statement (its outcome unknown, so not retried): once
+    the database answers again, within ``--storage-patience``, run this command again in
+    this process (``os.execv``), as a user's rerun would, and resume. Returns when it cannot:
+    no config yet, a torchrun rank (torchrun's ``--max-restarts`` restarts the job), the
+    restarts used up, or a database that stays away; the caller then exits 2.
+
+    The re-executed process keeps its pid and start time, so ``tuner._workers`` counts
+    incarnations: the trial and phase-4 claim of the one before are taken over at once, not
+    after the heartbeat's grace period."""
+    try:
+        if cfg is None or launch_from_env() is not None or incarnation() >= MAX_RESTARTS:
+            return
+    except ValueError:
+        return
+    url = storage_url(cfg)
+    if not wait_until_answers(url, cfg.storage_patience):
+        return
+    n = incarnation() + 1
+    logger.warning("the Optuna storage %s lost its connection during a call; the database "
+                   "answers again: this worker runs its command again to resume (restart %d of "
+                   "%d)", mask_url(url), n, MAX_RESTARTS)
+    gc.collect()  # progress bars close before the new process draws its own
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[INCARNATION_ENV] = str(n)
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def _thread_error_in_one_line(args: threading.ExceptHookArgs) -> None:

@@ -13,10 +13,13 @@ Two layers, both through public APIs:
   was set is not set again (``UpdateFinishedTrialError``), a study that was created is not
   created twice.
 
-Not covered: Optuna's study cache calls a few methods of the storage that are not public
-(creating a trial, setting a parameter, listing trials); one of those whose statement is
-in flight at the moment the server goes away fails, and the worker exits 2 with one line
-(a rerun resumes). An outage that begins between calls, the common case, is ridden out.
+Not retried here: Optuna's study cache calls a few methods of the storage that are not
+public (creating a trial, setting a parameter, listing trials); one of those whose statement
+is in flight at the moment the server goes away fails (Optuna retries a trial's creation 5
+times in a few seconds, then gives up). ``run_study.py`` then waits for the database with
+``wait_until_answers`` and runs its command again in the same process, as a rerun would (it
+exits 2 with one line when the database stays away past the patience). An outage that
+begins between calls, the common case, is ridden out in the call.
 
 An outage longer than the patience raises :class:`StorageUnavailable` (a ValueError, so
 the command line prints one line and exits 2); from then on every call fails at once, so
@@ -219,6 +222,32 @@ class PatientRDBStorage(RDBStorage):
         return self.outage.call(lambda: base.delete_study(study_id), check)
 
 
+def wait_until_answers(url: str, patience_s: float) -> bool:
+    """Whether the database at ``url`` answers a ``SELECT 1`` within ``patience_s`` seconds
+    (tried at once, then with the same backoff as ``Outage.call``), on a connection of its
+    own: the caller's engine may hold connections that died with the server."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    started, delay = time.monotonic(), _FIRST_DELAY_S
+    try:
+        while True:
+            try:
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                return True
+            except exc.SQLAlchemyError as e:
+                if not is_connection_error(e) and not isinstance(e, exc.OperationalError):
+                    raise
+            if time.monotonic() - started + delay > patience_s:
+                return False
+            time.sleep(delay)
+            delay = min(2 * delay, _MAX_DELAY_S)
+    finally:
+        engine.dispose()
+
+
 def _patient(name: str) -> Callable[..., Any]:
     def method(self: PatientRDBStorage, *args: Any, **kwargs: Any) -> Any:
         return self.outage.call(lambda: getattr(RDBStorage, name)(self, *args, **kwargs))
@@ -242,4 +271,4 @@ for _name in ("get_study_id_from_name", "get_study_name_from_id", "get_study_dir
 
 
 __all__ = ["DEFAULT_PATIENCE_S", "Outage", "PatientRDBStorage", "StorageUnavailable",
-           "is_connection_error"]
+           "is_connection_error", "wait_until_answers"]

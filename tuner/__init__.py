@@ -1,5 +1,6 @@
 """What is searched and decided: one module per phase, plus the pipeline that runs them."""
 
+from ._workers import INCARNATION_ENV, incarnation
 from .analysis import analyze_long_run, intact_checkpoints
 from .baselines import BaselineConfig, linear_baseline, majority_class
 from .context import RunContext
@@ -47,6 +48,7 @@ from .uncertainty import BootstrapConfig, confidence, verdict
 __all__ = [
     "ARTIFACT_DIR",
     "FORMAT_VERSION",
+    "INCARNATION_ENV",
     "PRESET_GRIDS",
     "STRATEGY_GRID",
     "BaselineConfig",
@@ -82,6 +84,7 @@ __all__ = [
     "grid_claims",
     "grid_edge",
     "grid_verdict",
+    "incarnation",
     "intact_checkpoints",
     "ks_statistic",
     "launch_from_env",

@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 WORKER_ATTR = "worker"
 HEARTBEAT_ATTR = "heartbeat"
 HOST_ENV = "REDHEART_WORKER_HOST"
+# How many times this process has re-executed itself (run_study.py, after a lost call): the
+# pid and start time stay the same through os.execv, so the count tells this incarnation's
+# trials and claims from the last one's.
+INCARNATION_ENV = "REDHEART_INCARNATION"
 HEARTBEAT_INTERVAL_S = 60
 GRACE_FACTOR = 3  # grace period = 3 x the interval unless given
 POLL_S = 2.0  # how often a worker waiting on another one looks at the storage
@@ -106,10 +110,19 @@ def _start_time(pid: int) -> str | None:
         return ""
 
 
+def incarnation() -> int:
+    """How many times this process has re-executed itself (0: never)."""
+    try:
+        return max(0, int(os.environ.get(INCARNATION_ENV, "0")))
+    except ValueError:
+        return 0
+
+
 def worker_id() -> str:
-    """host:pid:start-time of this process."""
+    """host:pid:start-time of this process, with /n after its n-th re-execution."""
     pid = os.getpid()
-    return f"{_host()}:{pid}:{_start_time(pid)}"
+    n = incarnation()
+    return f"{_host()}:{pid}:{_start_time(pid)}" + (f"/{n}" if n else "")
 
 
 class TrialLost(Exception):
@@ -149,12 +162,15 @@ def is_gone(worker: str | None, last_sign: float | None, grace_s: float,
             return False
         return last_sign is None or time.time() - last_sign > grace_s
     pid_text, _, started = rest.partition(":")
+    started = started.partition("/")[0]
     try:
         pid = int(pid_text)
     except ValueError:
         return True
     if pid == os.getpid():
-        return False
+        # This very process, or an incarnation of it from before it re-executed itself: that
+        # one's threads (its trial's heartbeat among them) ended with the exec.
+        return worker != worker_id()
     current = _start_time(pid)
     if current is None:
         return True

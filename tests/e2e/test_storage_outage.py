@@ -1,7 +1,8 @@
 """A PostgreSQL server that goes away mid-run, on a cluster of its own (stopping it cannot
 disturb the storage tests beside it): an outage shorter than --storage-patience in each
 phase is ridden out to the unbroken result; a longer one ends the worker with exit 2 and
-one line, and the rerun resumes to the unbroken result."""
+one line, and the rerun resumes to the unbroken result; a call whose connection dies in the
+middle of its statement restarts the worker, which resumes to the unbroken result."""
 
 from __future__ import annotations
 
@@ -158,4 +159,73 @@ def test_an_outage_longer_than_the_patience_exits_2_with_one_line_and_the_rerun_
     rerun = subprocess.run(command(tmp_path, "--storage", url), capture_output=True, text=True,
                            timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _result(tmp_path) == unbroken
+
+
+# Holds every INSERT into Optuna's trials table in the server (a trial being created: the
+# call storage.outage cannot retry, its outcome unknown) until the test ends its connection.
+_HOLD_INSERTS = """CREATE FUNCTION redheart_hold() RETURNS trigger AS $$
+BEGIN PERFORM pg_sleep(300); RETURN NEW; END $$ LANGUAGE plpgsql;
+CREATE TRIGGER redheart_hold BEFORE INSERT ON trials FOR EACH ROW EXECUTE FUNCTION redheart_hold();
+"""
+
+
+RESTART = ("lost its connection during a call; the database answers again: this worker runs "
+           "its command again to resume (restart 1 of 3)")
+
+
+def _sql(cluster: Cluster, database: str, sql: str) -> str:
+    out = subprocess.run(["su", "postgres", "-c", f"psql -p {cluster.port} -d {database} -qAt"],
+                         input=sql, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_a_call_lost_mid_statement_restarts_the_worker_which_resumes_to_the_unbroken_result(
+        cluster, unbroken, tmp_path):
+    """The lost call on purpose, not by timing: while the worker sleeps in the first
+    crossover trial, a trigger is made that holds every INSERT into the trials table inside
+    the server, and the test ends each held connection there (as a server restart would,
+    mid-statement) until Optuna's own retries of the trial's creation are used up. The
+    worker waits until the database answers, runs its command again in the same process,
+    takes over what its earlier incarnation left, and ends with the unbroken result."""
+    url = _fresh_db(cluster)
+    database = url.rsplit("/", 1)[1]
+    trace = tmp_path.parent / f"{tmp_path.name}-trace.txt"
+    # The worker sleeps inside the first crossover trial while the trigger is made.
+    env = {**os.environ, "REDHEART_CRASH_TRACE": str(trace),
+           "REDHEART_STALL_AT": f"crossover:trial:0#1={STALL_S}"}
+    proc = subprocess.Popen(command(tmp_path, "--storage", url, "--storage-patience", "60"),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        while "crossover:trial:0#1" not in (trace.read_text().split() if trace.exists() else []):
+            assert proc.poll() is None, "".join(lines[-20:])
+            time.sleep(0.05)
+        _sql(cluster, database, _HOLD_INSERTS)
+        # Optuna retries a trial's creation 5 times (RDBStorage._create_new_trial): each
+        # attempt's INSERT is held and its connection ended, until the call is lost.
+        ended, deadline = 0, time.monotonic() + 300
+        while not any(RESTART in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                f"no restart after {ended} connections ended:\n" + "".join(lines[-20:])
+            held = _sql(cluster, database, "SELECT pid FROM pg_stat_activity WHERE datname = "
+                        "current_database() AND wait_event = 'PgSleep'")
+            for pid in held.split():
+                _sql(cluster, database, f"SELECT pg_terminate_backend({pid})")
+                ended += 1
+            time.sleep(0.05)
+        _sql(cluster, database, "DROP TRIGGER redheart_hold ON trials")
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=60)
+    stderr = "".join(lines)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.count(RESTART) == 1, stderr[-3000:]
+    assert ended >= 5  # the sixth attempt ran after the restart, on its own connection
     assert _result(tmp_path) == unbroken

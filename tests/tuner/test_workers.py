@@ -16,9 +16,11 @@ from optuna.trial import TrialState
 from storage.studies import create_storage
 from tuner import _workers
 from tuner._workers import (
+    INCARNATION_ENV,
     Heartbeat,
     beating,
     fail_stale_by_storage,
+    incarnation,
     is_gone,
     storage_heartbeats,
     worker_id,
@@ -54,6 +56,40 @@ def test_a_reused_pid_with_another_start_time_is_gone():
 
 def test_this_process_is_never_gone():
     assert not is_gone(worker_id(), None, 0.0)
+
+
+def test_an_earlier_incarnation_of_this_process_is_gone_and_this_one_is_not(monkeypatch):
+    """After run_study.py re-executes itself (same pid and start time), the trials and
+    claims of the process it was count as gone at once; a later incarnation's never do."""
+    monkeypatch.delenv(INCARNATION_ENV, raising=False)
+    first = worker_id()
+    assert "/" not in first and incarnation() == 0
+    monkeypatch.setenv(INCARNATION_ENV, "2")
+    assert incarnation() == 2
+    now = worker_id()
+    assert now == f"{first}/2"
+    assert not is_gone(now, None, 3600.0)
+    assert is_gone(first, None, 3600.0) and is_gone(f"{first}/1", None, 3600.0)
+    proc = _sleeper()  # another live process's incarnation is judged by its pid, as before
+    try:
+        assert not is_gone(_id_of(proc.pid) + "/1", None, 3600.0)
+    finally:
+        proc.kill()
+        proc.wait()
+    monkeypatch.setenv(INCARNATION_ENV, "x")
+    assert incarnation() == 0
+
+
+def test_waiting_for_a_database_that_does_not_answer_gives_up_within_the_patience(tmp_path):
+    from storage.outage import wait_until_answers
+
+    assert wait_until_answers(f"sqlite:///{tmp_path / 'ok.db'}", 1.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the socket is closed
+    started = time.monotonic()
+    assert not wait_until_answers(f"postgresql+psycopg://u:p@127.0.0.1:{port}/db", 2.0)
+    assert time.monotonic() - started < 10
 
 
 def test_when_the_os_hides_start_times_a_live_pid_still_counts_as_alive(monkeypatch):
