@@ -7,17 +7,16 @@ middle of its statement restarts the worker, which resumes to the unbroken resul
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from _runs import command
+from _runs import ROOT, command
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("storage-outage")]
 
@@ -30,59 +29,26 @@ PHASES = {"sweep": "sweep:lr=0.02:epoch=1#1", "long run": "long:epoch=1#1",
 STALL_S = 4.0  # long enough to stop the server, shorter than any outage below
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _sh(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120)
-
-
-class Cluster:
-    """A PostgreSQL cluster created for these tests (pg_createcluster), on its own port."""
-
-    def __init__(self, version: str, name: str, port: int):
-        self.version, self.name, self.port = version, name, port
-        self.url = f"postgresql+psycopg://redheart:redheart@127.0.0.1:{port}/redheart"
-
-    def psql(self, sql: str) -> None:
-        out = _sh("su", "postgres", "-c", f"psql -p {self.port} -qAtc \"{sql}\"")
-        assert out.returncode == 0, out.stderr
-
-    def stop(self) -> None:
-        out = _sh("pg_ctlcluster", self.version, self.name, "stop", "-m", "fast")
-        assert out.returncode == 0, out.stderr
-
-    def start(self) -> None:
-        out = _sh("pg_ctlcluster", self.version, self.name, "start")
-        assert out.returncode == 0, out.stderr
+_spec = importlib.util.spec_from_file_location("_pg_cluster", ROOT / "bench" / "_pg_cluster.py")
+_pg = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_pg)
+Cluster = _pg.Cluster
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    if os.geteuid() != 0 or not Path("/usr/bin/pg_createcluster").exists():
-        message = "the outage tests need root and pg_createcluster (Debian's postgresql)"
+    why = _pg.available()
+    if why is not None:
+        message = f"the outage tests {why}"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    version = sorted(os.listdir("/usr/lib/postgresql"), key=float)[-1]
-    c = Cluster(version, f"outage{uuid.uuid4().hex[:6]}", _free_port())
-    made = _sh("pg_createcluster", "-p", str(c.port), version, c.name, "--start")
-    assert made.returncode == 0, made.stderr
-    try:
-        c.psql("create role redheart login password 'redheart' createdb")
-        c.psql("create database redheart owner redheart")
+    with _pg.cluster() as c:
         yield c
-    finally:
-        _sh("pg_dropcluster", "--stop", version, c.name)
 
 
 def _fresh_db(cluster: Cluster) -> str:
-    name = f"r{uuid.uuid4().hex[:8]}"
-    cluster.psql(f"create database {name} owner redheart")
-    return cluster.url.rsplit("/", 1)[0] + f"/{name}"
+    return cluster.fresh_db()
 
 
 def _run_with_outages(backup: Path, url: str, cluster: Cluster, points: list[str],
@@ -175,10 +141,7 @@ RESTART = ("lost its connection during a call; the database answers again: this 
 
 
 def _sql(cluster: Cluster, database: str, sql: str) -> str:
-    out = subprocess.run(["su", "postgres", "-c", f"psql -p {cluster.port} -d {database} -qAt"],
-                         input=sql, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    return cluster.sql(sql, database)
 
 
 def test_a_call_lost_mid_statement_restarts_the_worker_which_resumes_to_the_unbroken_result(
